@@ -1,0 +1,20 @@
+"""nninv: invert trained neural networks.
+
+Given a network ``f`` and an output ``y``, find inputs ``x`` with ``f(x) = y``,
+tell how many there are (the preimage), and pick the ones a person would
+recognise (with a prior over the data).
+"""
+
+__version__ = "0.1.0"
+
+from ._errors import NNInvError, NNInvWarning
+from ._result import Inversion
+from .targets import ClassTarget
+
+__all__ = [
+    "ClassTarget",
+    "Inversion",
+    "NNInvError",
+    "NNInvWarning",
+    "__version__",
+]

@@ -1,0 +1,7 @@
+"""Allow ``python -m nninv``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
