@@ -7,8 +7,10 @@ recognise (with a prior over the data).
 
 __version__ = "0.1.0"
 
+from . import priors
 from ._errors import NNInvError, NNInvWarning
 from ._result import Inversion
+from .inversion import invert
 from .targets import ClassTarget
 
 __all__ = [
@@ -17,4 +19,6 @@ __all__ = [
     "NNInvError",
     "NNInvWarning",
     "__version__",
+    "invert",
+    "priors",
 ]

@@ -13,7 +13,6 @@ __all__ = ["Permute", "Reshape"]
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -69,5 +68,3 @@ class Reshape(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"
-
-

@@ -59,9 +59,7 @@ class ClassTarget:
         if confidence is not None:
             confidence = float(confidence)
             if not (0.0 < confidence <= 1.0):
-                raise NNInvError(
-                    f"ClassTarget: confidence must lie in (0, 1], got {confidence}"
-                )
+                raise NNInvError(f"ClassTarget: confidence must lie in (0, 1], got {confidence}")
         object.__setattr__(self, "labels", lab)
         object.__setattr__(self, "confidence", confidence)
 

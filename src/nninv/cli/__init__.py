@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Invert trained neural networks: find the inputs that give an output.",
     )
     parser.add_argument("--version", action="version", version=f"nninv {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show the full traceback on errors"
-    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:

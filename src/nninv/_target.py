@@ -1,0 +1,180 @@
+"""Checking targets against a model: shapes, finite values, the output layer's range.
+
+A sigmoid output of exactly 1.0 (or 0.0) is not an error: in floating point it
+stands for the whole interval of pre-activations that round to it. Such values
+are moved to the nearest representable value inside the open range (one ulp),
+whose pre-image lies at the edge of that interval, and a
+:class:`~nninv.NNInvWarning` says how many were moved. Values that no input can
+produce (1.5 through a sigmoid, negative through a softplus, NaN, inf) raise
+:class:`~nninv.NNInvError` naming the sample and the output.
+"""
+
+from __future__ import annotations
+
+__all__ = ["as_output", "check_range", "residual_of"]
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._chain import Chain, Elementwise, Shift
+from ._errors import NNInvError, NNInvWarning
+from .targets import ClassTarget
+
+
+def as_output(
+    y: Any, output_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``y`` as a tensor ``(N, *output_shape)``; a single unbatched output is accepted."""
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(np.ascontiguousarray(y))
+    if not isinstance(y, Tensor):
+        try:
+            y = torch.as_tensor(y)
+        except Exception:
+            raise NNInvError(
+                f"target must be a tensor, an array or a ClassTarget, got {type(y).__name__}"
+            ) from None
+    if not (y.dtype.is_floating_point or y.dtype in (torch.int32, torch.int64, torch.uint8)):
+        raise NNInvError(f"target must be real-valued, got dtype {y.dtype}")
+    y = y.detach().to(device=device, dtype=dtype)
+    if tuple(y.shape) == output_shape:
+        y = y.unsqueeze(0)
+    if tuple(y.shape[1:]) != output_shape:
+        raise NNInvError(
+            f"target has shape {tuple(y.shape)} but the model's outputs are shaped "
+            f"(N, {', '.join(map(str, output_shape))})"
+        )
+    if y.shape[0] == 0:
+        raise NNInvError("target holds no samples")
+    bad = ~torch.isfinite(y.reshape(y.shape[0], -1))
+    if bool(bad.any()):
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise NNInvError(f"target sample {i}, output {j} is {float(y.reshape(len(y), -1)[i, j])}")
+    return y
+
+
+def _first_bad(mask: Tensor) -> tuple[int, int]:
+    i, j = (int(v) for v in mask.nonzero()[0])
+    return i, j
+
+
+def check_range(y: Tensor, chain: Chain) -> tuple[Tensor, int]:
+    """Validate flat ``y`` (N, m) against the last step's range; move edge values inside.
+
+    Returns the possibly adjusted ``y`` and the number of values moved.
+    """
+    last = chain.steps[-1] if chain.steps else None
+    moved = 0
+    if isinstance(last, Elementwise):
+        act = last.act
+        ok = act.in_range(y)
+        edge = torch.zeros_like(ok)
+        if math.isfinite(act.lo) and not act.closed_lo:
+            edge |= y == act.lo
+        if math.isfinite(act.hi):
+            edge |= y == act.hi
+        bad = ~ok & ~edge
+        if bool(bad.any()):
+            i, j = _first_bad(bad)
+            raise NNInvError(
+                f"target sample {i}, output {j} is {float(y[i, j]):g}, outside the range "
+                f"{act.describe_range()} of the output layer {last.label()}; no input "
+                "produces it"
+            )
+        if bool(edge.any()):
+            moved = int(edge.sum())
+            inside = torch.full_like(
+                y,
+                (act.lo + act.hi) / 2
+                if act.bounded and math.isfinite(act.hi) and math.isfinite(act.lo)
+                else 0.0,
+            )
+            y = torch.where(edge, torch.nextafter(y, inside), y)
+            # a value one ulp inside can still round back for wide ranges; guard it
+            y = torch.where(edge & ~act.in_range(y), torch.nextafter(y, inside), y)
+            warnings.warn(
+                f"{moved} target value(s) lie on the edge of the range {act.describe_range()} "
+                f"of {last.label()}; each stands for an interval of pre-activations and was "
+                "moved one ulp inside it",
+                NNInvWarning,
+                stacklevel=4,
+            )
+    elif isinstance(last, Shift):
+        if last.log:
+            bad = y > 0
+            if bool(bad.any()):
+                i, j = _first_bad(bad)
+                raise NNInvError(
+                    f"target sample {i}, output {j} is {float(y[i, j]):g} > 0, "
+                    f"impossible for the LogSoftmax output {last.label()}"
+                )
+            total = torch.logsumexp(y, 1)
+        else:
+            bad = y < 0
+            if bool(bad.any()):
+                i, j = _first_bad(bad)
+                raise NNInvError(
+                    f"target sample {i}, output {j} is {float(y[i, j]):g} < 0, "
+                    f"impossible for the Softmax output {last.label()}"
+                )
+            zero = y == 0
+            if bool(zero.any()):
+                moved = int(zero.sum())
+                y = torch.where(zero, torch.finfo(y.dtype).tiny, y)
+                warnings.warn(
+                    f"{moved} softmax target value(s) are exactly 0 (an underflow); each was "
+                    "moved to the smallest positive normal number",
+                    NNInvWarning,
+                    stacklevel=4,
+                )
+            total = y.sum(1).log()
+        off = total.abs() > 64 * torch.finfo(y.dtype).eps * y.shape[1] ** 0.5
+        if bool(off.any()):
+            i = int(off.nonzero()[0])
+            what = "logsumexp" if last.log else "sum"
+            val = float(total[i]) if last.log else float(total[i].exp())
+            raise NNInvError(
+                f"target sample {i} has {what} {val:.9g}, but outputs of {last.label()} "
+                f"have {what} {'0' if last.log else '1'}"
+            )
+    return y, moved
+
+
+def residual_of(target: Tensor | ClassTarget, out: Tensor) -> Tensor:
+    """Per-sample residual of model outputs ``out`` against ``target``.
+
+    For an exact target, ``max |out - y|``. For a :class:`ClassTarget`, the
+    shortfall: how far the class's score is from winning (or from the required
+    confidence); 0 when the target is met.
+    """
+    N = out.shape[0]
+    if isinstance(target, ClassTarget):
+        return class_shortfall(target, out)
+    return (out.reshape(N, -1) - target.reshape(N, -1)).abs().amax(1)
+
+
+def class_shortfall(target: ClassTarget, out: Tensor) -> Tensor:
+    """Shortfall of outputs ``out`` (N, C) from a class target (0 when met).
+
+    Without a confidence: ``max(0, max_{j != c} out_j - out_c)``, so a tie
+    counts as met only when no other class is strictly larger. With a
+    confidence ``p``: ``max(0, p - prob_c)`` with ``prob`` the softmax of the
+    outputs (or the outputs themselves when they already are probabilities).
+    """
+    out = out.reshape(out.shape[0], -1)
+    labels = target.labels.to(out.device)
+    if labels.numel() != out.shape[0]:
+        raise NNInvError(f"ClassTarget has {labels.numel()} labels for {out.shape[0]} samples")
+    oc = out.gather(1, labels[:, None])[:, 0]
+    if target.confidence is None:
+        other = out.scatter(1, labels[:, None], -math.inf).amax(1)
+        return (other - oc).clamp(min=0)
+    is_prob = bool(((out >= 0) & (out <= 1)).all()) and bool((out.sum(1) - 1).abs().max() < 1e-3)
+    prob = out if is_prob else torch.softmax(out, 1)
+    pc = prob.gather(1, labels[:, None])[:, 0]
+    return (target.confidence - pc).clamp(min=0)

@@ -1,0 +1,152 @@
+"""The layer-by-layer backward pass shared by the closed-form methods.
+
+Walking the chain from the output back to the input, the pass keeps either the
+exact values of the current vector or an affine constraint ``B v = d`` on it
+(``B`` with orthonormal rows). Through a bijective activation exact values are
+inverted in closed form; through an affine block exact values become a
+constraint, reduced by the block's cached SVD; a Softmax turns exact values
+into a constraint with one free direction (the additive constant). Where a
+constraint meets an activation (or the input), a *chooser* picks one member:
+the minimum-norm one (``pinv``) or the prior's conditional mean (``analytic``).
+If the member lies outside a bounded activation's range, Gauss-Newton steps in
+the activation's own coordinates move it onto ``{B sigma(u) = d}``, so the
+constraint holds exactly and the next inverse is defined.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Chooser", "backward_pass"]
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .._chain import Affine, Chain, Elementwise, Shift
+from .._errors import NNInvError
+from .._linalg import factor, gauss_newton_onto
+
+#: ``chooser(position, B, d) -> v``: a member of ``{v : B v = d}`` for the vector
+#: entering step ``position`` (0 means the model input).
+Chooser = Callable[[int, Tensor, Tensor], Tensor]
+
+
+@functools.lru_cache(maxsize=32)
+def _centering_basis(m: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    P = torch.eye(m, dtype=torch.float64) - 1.0 / m
+    return factor(P).Vh.to(device=device, dtype=dtype)
+
+
+def backward_pass(
+    chain: Chain, y: Tensor, choose: Chooser, *, hidden_tol: float
+) -> tuple[Tensor, Tensor, list[str | None], dict]:
+    """Invert flat targets ``y`` (N, m) through ``chain``.
+
+    Returns
+    -------
+    x : Tensor (N, n)
+        Flat inputs.
+    ok : Tensor (N,) bool
+        False where a step could not be met exactly (target outside an affine
+        block's range, or a hidden projection that did not converge).
+    reasons : list
+        Per sample, why it failed, or None.
+    info : dict
+        ``"outside_range"`` (largest norm of a target part outside an affine
+        block's range) and ``"projection_iterations"``.
+    """
+    N = y.shape[0]
+    dtype, device = y.dtype, y.device
+    ok = torch.ones(N, dtype=torch.bool, device=device)
+    reasons: list[str | None] = [None] * N
+    info: dict = {"outside_range": 0.0, "projection_iterations": 0}
+    rtol_out = 1e3 * torch.finfo(dtype).eps
+
+    def fail(mask: Tensor, why: str) -> None:
+        for i in mask.nonzero().flatten().tolist():
+            if reasons[i] is None:
+                reasons[i] = why
+        ok.logical_and_(~mask)
+
+    exact: Tensor | None = y
+    B: Tensor | None = None
+    d: Tensor | None = None
+    for pos in range(len(chain.steps) - 1, -1, -1):
+        step = chain.steps[pos]
+        if exact is None:
+            assert B is not None and d is not None
+            if isinstance(step, Affine):
+                _, b = step.matrix(torch.float64, device)
+                F = step.reduce_after(B)
+                d, outside = F.reduce(d - b.to(dtype) @ B.T)
+                B = F.Vh
+                continue
+            v = choose(pos + 1, B, d)
+            if isinstance(step, Elementwise):
+                inside = step.act.in_range(v).all(1)
+                if not bool(inside.all()):
+                    act = step.act
+                    u0 = act.reparam_inverse(_clip_inside(v[~inside], act))
+                    u, err, it = gauss_newton_onto(B, d[~inside], act.reparam, u0, tol=hidden_tol)
+                    info["projection_iterations"] = max(info["projection_iterations"], it)
+                    vv = act.reparam(u)
+                    v = v.clone()
+                    v[~inside] = vv
+                    bad = torch.zeros(N, dtype=torch.bool, device=device)
+                    bad[(~inside).nonzero().flatten()[err > hidden_tol]] = True
+                    fail(
+                        bad,
+                        f"could not place the input of {step.label()} inside its range "
+                        f"{act.describe_range()} while meeting the constraint",
+                    )
+            elif isinstance(step, Shift):
+                raise NNInvError(
+                    f"{step.label()} inside the network: closed-form methods invert Softmax "
+                    "only as the last layer; use method='optimize'"
+                )
+            exact, B, d = v, None, None
+        # exact values of this step's output
+        if isinstance(step, Elementwise):
+            exact = step.act.inverse(exact)
+        elif isinstance(step, Shift):
+            t = exact if step.log else torch.log(exact)
+            B = _centering_basis(t.shape[1], dtype, device)
+            d = t @ B.T
+            exact = None
+        elif isinstance(step, Affine):
+            F = step.factor(dtype, device)
+            _, b = step.matrix(torch.float64, device)
+            c = exact - b.to(dtype)
+            d, outside = F.reduce(c)
+            B = F.Vh
+            scale = torch.linalg.vector_norm(c, dim=1).clamp(min=1.0)
+            far = outside > rtol_out * scale
+            info["outside_range"] = max(info["outside_range"], float(outside.max()))
+            if bool(far.any()):
+                fail(
+                    far,
+                    f"the target is not in the range of {step.label()} "
+                    f"(rank {F.rank} of {F.shape[0]} outputs); the least-squares "
+                    "solution is returned",
+                )
+            exact = None
+        else:
+            raise NNInvError(
+                f"closed-form methods cannot invert {step.label()}: {step.reason}; "
+                "use method='optimize'"
+            )
+    if exact is None:
+        assert B is not None and d is not None
+        exact = choose(0, B, d)
+    return exact, ok, reasons, info
+
+
+def _clip_inside(v: Tensor, act) -> Tensor:
+    lo, hi = act.lo, act.hi
+    span = (hi - lo) if (abs(lo) != float("inf") and abs(hi) != float("inf")) else 1.0
+    margin = 1e-3 * span
+    return v.clamp(
+        min=lo + margin if lo != float("-inf") else None,
+        max=hi - margin if hi != float("inf") else None,
+    )

@@ -1,0 +1,41 @@
+"""``method="pinv"``: layer-by-layer pseudo-inverse (the minimum-norm member).
+
+For the seed's model ``sigmoid(x W^T + b)`` this is ``pinv(W) (logit(y) - b)``,
+made robust: batched, rank-aware (singular values below the numerical rank
+tolerance are dropped, not inverted), with each block's SVD computed once per
+model and reused. It reproduces ``y`` exactly whenever ``y`` is an output of
+the model, yet it returns the member of the preimage nearest to 0, which for
+images is noise: only the row-space part of the true input survives.
+"""
+
+from __future__ import annotations
+
+__all__ = ["invert_pinv"]
+
+import torch
+from torch import Tensor
+
+from . import Problem, Solution, register
+from ._layerwise import backward_pass
+
+
+@register("pinv")
+def invert_pinv(problem: Problem) -> Solution:
+    """Minimum-norm inversion, layer by layer. Options: none."""
+    problem.take_options()
+    chain = problem.chain
+    chain.require_closed_form("pinv")
+
+    def choose(pos: int, B: Tensor, d: Tensor) -> Tensor:
+        return d @ B
+
+    y = problem.target
+    assert isinstance(y, Tensor)
+    x, ok, reasons, info = backward_pass(
+        chain, y.reshape(y.shape[0], -1), choose, hidden_tol=_hidden_tol(y.dtype)
+    )
+    return Solution(x.reshape(-1, *problem.input_shape), 0, ok, reasons, info)
+
+
+def _hidden_tol(dtype: torch.dtype) -> float:
+    return 1e-10 if dtype == torch.float64 else 1e-5
