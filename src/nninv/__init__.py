@@ -11,14 +11,17 @@ from . import priors
 from ._errors import NNInvError, NNInvWarning
 from ._result import Inversion
 from .inversion import invert
+from .diagnose import Diagnosis, diagnose
 from .targets import ClassTarget
 
 __all__ = [
     "ClassTarget",
+    "Diagnosis",
     "Inversion",
     "NNInvError",
     "NNInvWarning",
     "__version__",
+    "diagnose",
     "invert",
     "priors",
 ]

@@ -1,0 +1,392 @@
+"""``nninv.diagnose``: how much a model forgets, layer by layer.
+
+For each layer the diagnosis gives its type and shapes; for linear layers the
+rank, nullity (the number of input directions it ignores) and condition
+number; for activations whether they are injective. For the whole model it
+gives the local dimension of the preimage of one output (``n - rank J`` with
+``J`` the Jacobian at a typical input) and, with data, the fraction of the
+data's energy in each linear layer's row space: the part that the
+pseudo-inverse can recover. ``str(diagnosis)`` is a table ending in a verdict
+in words.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Diagnosis", "LayerDiagnosis", "diagnose"]
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ._chain import MAX_DENSE, Affine, LayerInfo, analyse, eval_mode
+from ._errors import NNInvError
+
+
+@dataclass(frozen=True)
+class LayerDiagnosis:
+    """One layer of a :class:`Diagnosis`.
+
+    ``rank``, ``nullity`` and ``cond`` are None for non-linear layers and for
+    linear ones too large to make dense; ``injective`` is None when unknown;
+    ``row_space_energy`` is None without data or for non-linear layers.
+    """
+
+    index: int
+    name: str
+    type: str
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    rank: int | None
+    nullity: int | None
+    cond: float | None
+    injective: bool | None
+    row_space_energy: float | None
+    note: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What a model keeps and forgets; see :func:`diagnose`.
+
+    Attributes
+    ----------
+    layers : tuple of LayerDiagnosis
+    input_shape, output_shape : tuple of int
+    preimage_dim : int or None
+        Local dimension of the set of inputs sharing one output, at a typical
+        input (None when the Jacobian was too large to form).
+    injective : bool or None
+        Whether every output has at most one input (None: unknown).
+    verdict : str
+        The diagnosis in words.
+    """
+
+    layers: tuple[LayerDiagnosis, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    preimage_dim: int | None
+    injective: bool | None
+    verdict: str
+
+    def table(self) -> str:
+        head = [
+            "#",
+            "name",
+            "type",
+            "in -> out",
+            "rank",
+            "nullity",
+            "cond",
+            "injective",
+            "row-space energy",
+        ]
+        rows = []
+        for ld in self.layers:
+            rows.append(
+                [
+                    str(ld.index),
+                    ld.name,
+                    ld.type,
+                    f"{_shape(ld.in_shape)} -> {_shape(ld.out_shape)}",
+                    "-" if ld.rank is None else str(ld.rank),
+                    "-" if ld.nullity is None else str(ld.nullity),
+                    "-" if ld.cond is None else f"{ld.cond:.3g}",
+                    {True: "yes", False: "no", None: "?"}[ld.injective],
+                    "-" if ld.row_space_energy is None else f"{100 * ld.row_space_energy:.1f}%",
+                ]
+            )
+        widths = [
+            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
+        ]
+        lines = [
+            "  ".join(h.ljust(w) for h, w in zip(head, widths)),
+            "  ".join("-" * w for w in widths),
+        ]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        notes = [f"  layer {ld.index}: {ld.note}" for ld in self.layers if ld.note]
+        if notes:
+            lines += ["", "notes:", *notes]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return f"{self.table()}\n\n{self.verdict}"
+
+
+def _shape(s: tuple[int, ...]) -> str:
+    return "x".join(map(str, s)) if s else "()"
+
+
+def _layer_diag(layer: LayerInfo, energy: float | None) -> LayerDiagnosis:
+    base = dict(
+        index=layer.index,
+        name=layer.name,
+        type=layer.type_name,
+        kind=layer.kind,
+        in_shape=layer.in_shape,
+        out_shape=layer.out_shape,
+    )
+    n, m = math.prod(layer.in_shape), math.prod(layer.out_shape)
+    if layer.kind == "reshape":
+        return LayerDiagnosis(
+            **base, rank=n, nullity=0, cond=1.0, injective=True, row_space_energy=None, note=""
+        )
+    if layer.kind == "linear":
+        block = Affine([layer], layer.in_shape, layer.out_shape)
+        if n * m > MAX_DENSE:
+            return LayerDiagnosis(
+                **base,
+                rank=None,
+                nullity=None,
+                cond=None,
+                injective=None if m >= n else False,
+                row_space_energy=None,
+                note=f"{m} x {n} operator too large to make dense",
+            )
+        f = block.factor()
+        return LayerDiagnosis(
+            **base,
+            rank=f.rank,
+            nullity=f.nullity,
+            cond=f.cond,
+            injective=f.nullity == 0,
+            row_space_energy=energy,
+            note="",
+        )
+    if layer.kind == "activation":
+        act = layer.activation
+        assert act is not None
+        note = "" if act.injective else "not injective: every pre-activation <= 0 gives 0"
+        return LayerDiagnosis(
+            **base,
+            rank=None,
+            nullity=None,
+            cond=None,
+            injective=act.injective,
+            row_space_energy=None,
+            note=note,
+        )
+    if layer.kind == "shift":
+        return LayerDiagnosis(
+            **base,
+            rank=None,
+            nullity=None,
+            cond=None,
+            injective=False,
+            row_space_energy=None,
+            note="invertible only up to an additive constant (one lost direction)",
+        )
+    if layer.kind == "piecewise":
+        return LayerDiagnosis(
+            **base,
+            rank=None,
+            nullity=None,
+            cond=None,
+            injective=False,
+            row_space_energy=None,
+            note="piecewise linear, not injective",
+        )
+    return LayerDiagnosis(
+        **base,
+        rank=None,
+        nullity=None,
+        cond=None,
+        injective=None,
+        row_space_energy=None,
+        note="no closed-form inverse known; only method='optimize' applies",
+    )
+
+
+def _as_input(data: Any, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(np.ascontiguousarray(data))
+    if not isinstance(data, Tensor):
+        raise NNInvError(f"data must be a tensor or an array, got {type(data).__name__}")
+    if data.shape[1:].numel() != math.prod(shape) or data.ndim < 2:
+        raise NNInvError(
+            f"data shaped {tuple(data.shape)} does not match the model input (N, "
+            f"{', '.join(map(str, shape))})"
+        )
+    data = data.reshape(-1, *shape).to(dtype)
+    if not bool(torch.isfinite(data).all()):
+        raise NNInvError("data contains NaN or inf")
+    return data
+
+
+def diagnose(
+    model: nn.Module,
+    data: Any = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    max_samples: int = 10000,
+) -> Diagnosis:
+    """Diagnose what ``model`` keeps of its input and what it forgets.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    data : Tensor or ndarray, optional
+        Inputs shaped ``(N, *input_shape)``; gives the fraction of their energy
+        in each linear layer's row space (what the pseudo-inverse keeps).
+    input_shape : sequence of int, optional
+        Needed when the model does not tell it (e.g. it starts with a Conv2d);
+        defaults to ``data.shape[1:]``.
+    max_samples : int
+        At most this many samples of ``data`` are used.
+
+    Returns
+    -------
+    Diagnosis
+
+    Examples
+    --------
+    >>> f = nn.Sequential(nn.Linear(784, 10), nn.Sigmoid())
+    >>> d = diagnose(f)
+    >>> d.layers[0].rank, d.layers[0].nullity, d.preimage_dim
+    (10, 774, 774)
+    """
+    if input_shape is None and data is not None and getattr(model, "input_shape", None) is None:
+        first = next((m for m in model.modules() if not isinstance(m, nn.Sequential)), None)
+        if not isinstance(first, nn.Linear):
+            input_shape = tuple(data.shape[1:])
+    with eval_mode(model):
+        chain = analyse(model, input_shape)
+        p = next(iter(model.parameters()), None)
+        dtype = p.dtype if p is not None else torch.float32
+        device = p.device if p is not None else torch.device("cpu")
+        energies: dict[int, float] = {}
+        if data is not None:
+            X = _as_input(data, chain.input_shape, torch.float64)[:max_samples]
+            h = X.reshape(X.shape[0], -1)
+            with torch.no_grad():
+                for layer in chain.layers:
+                    if (
+                        layer.kind == "linear"
+                        and math.prod(layer.in_shape) * math.prod(layer.out_shape) <= MAX_DENSE
+                    ):
+                        f = Affine([layer], layer.in_shape, layer.out_shape).factor()
+                        tot = float(h.pow(2).sum())
+                        kept = float((h @ f.Vh.T).pow(2).sum())
+                        energies[layer.index] = kept / tot if tot > 0 else 1.0
+                    if layer.kind == "unsupported" and layer.module is model:
+                        break
+                    mod = layer.module
+                    hh = h.reshape(h.shape[0], *layer.in_shape)
+                    try:
+                        h = _run_double(mod, hh)
+                    except Exception:
+                        break
+                    h = h.reshape(h.shape[0], -1)
+        layers = tuple(_layer_diag(layer, energies.get(layer.index)) for layer in chain.layers)
+        jdim = _jacobian_rank(model, chain, data, dtype, device)
+    n = chain.n_in
+    pre_dim = None if jdim is None else n - jdim
+    injective: bool | None
+    if any(ld.injective is False for ld in layers):
+        injective = False
+    elif all(ld.injective for ld in layers):
+        injective = True
+    else:
+        injective = None if pre_dim is None or pre_dim == 0 else False
+    verdict = _verdict(chain, layers, pre_dim, injective, data is not None)
+    return Diagnosis(layers, chain.input_shape, chain.output_shape, pre_dim, injective, verdict)
+
+
+def _run_double(mod: nn.Module, h: Tensor) -> Tensor:
+    import copy
+
+    p = next(iter(mod.parameters()), None)
+    b = next(iter(mod.buffers()), None)
+    if (p is not None and p.dtype != torch.float64) or (
+        b is not None and b.is_floating_point() and b.dtype != torch.float64
+    ):
+        mod = copy.deepcopy(mod).double()
+    return mod(h)
+
+
+def _jacobian_rank(
+    model: nn.Module, chain: Any, data: Any, dtype: torch.dtype, device: torch.device
+) -> int | None:
+    n, m = chain.n_in, chain.n_out
+    if n * m > MAX_DENSE:
+        return None
+    if data is not None:
+        x0 = _as_input(data, chain.input_shape, dtype)[:1].to(device)
+    else:
+        g = torch.Generator().manual_seed(0)
+        x0 = torch.rand(1, *chain.input_shape, generator=g).to(device, dtype)
+
+    def f(x: Tensor) -> Tensor:
+        return model(x.reshape(1, *chain.input_shape)).reshape(-1)
+
+    try:
+        if n <= m:
+            J = torch.func.jacfwd(f)(x0.reshape(-1))
+        else:
+            J = torch.func.jacrev(f)(x0.reshape(-1))
+    except Exception:
+        return None
+    rtol = max(n, m) * torch.finfo(dtype).eps
+    return int(torch.linalg.matrix_rank(J.detach().to(torch.float64), rtol=rtol))
+
+
+def _verdict(
+    chain: Any,
+    layers: tuple[LayerDiagnosis, ...],
+    pre_dim: int | None,
+    injective: bool | None,
+    with_data: bool,
+) -> str:
+    n, m = chain.n_in, chain.n_out
+    parts = [f"The model maps {n} inputs to {m} outputs."]
+    if pre_dim is None:
+        parts.append("The preimage dimension could not be computed (Jacobian too large).")
+    elif pre_dim == 0 and injective is not False:
+        parts.append(
+            "Its Jacobian has full column rank: the model is injective, every output has at "
+            "most one input, and method='pinv' inverts it exactly."
+        )
+    elif pre_dim == 0:
+        parts.append(
+            "Its Jacobian has full column rank at a typical input, but a non-injective layer "
+            "(see the table) can still merge inputs."
+        )
+    else:
+        relu = any(
+            ld.kind in ("activation", "piecewise") and ld.injective is False for ld in layers
+        )
+        parts.append(
+            f"The preimage of one output is {'at least ' if relu else ''}{pre_dim}-dimensional: "
+            f"{pre_dim} input directions leave the output unchanged (n = {n} minus the "
+            f"Jacobian's rank {n - pre_dim})."
+        )
+        first = next((ld for ld in layers if ld.kind == "linear"), None)
+        if first is not None and first.nullity:
+            parts.append(
+                f"Layer {first.index} ({first.type}) alone has rank {first.rank} and ignores "
+                f"{first.nullity} directions (its null space)."
+            )
+            if first.row_space_energy is not None:
+                kept = 100 * first.row_space_energy
+                parts.append(
+                    f"The pseudo-inverse returns the preimage's minimum-norm member, which keeps "
+                    f"only an input's part in that layer's row space: on the given data "
+                    f"{kept:.1f}% of the energy, so pinv loses {100 - kept:.1f}% of an input "
+                    "while reproducing the output exactly."
+                )
+            else:
+                parts.append(
+                    "The pseudo-inverse returns the preimage's minimum-norm member, which keeps "
+                    "only an input's part in that layer's row space (pass data= to measure how "
+                    "much of the data that is)."
+                )
+        parts.append(
+            "A prior over the data picks a better member: method='analytic' with "
+            "nninv.priors.GaussianPrior or GaussianMixturePrior, or method='optimize'."
+        )
+    return " ".join(parts)
