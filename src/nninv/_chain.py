@@ -162,8 +162,11 @@ class Affine:
                 b = self.forward(torch.zeros(1, self.n, dtype=dtype, device=device))[0]
                 cols = []
                 eye = torch.eye(self.n, dtype=dtype, device=device)
-                for i in range(0, self.n, 4096):
-                    cols.append(self.forward(eye[i : i + 4096]) - b)
+                # chunk so that the widest intermediate stays near 2**24 entries
+                widest = max(math.prod(layer.out_shape) for layer in self.layers)
+                chunk = max(1, min(4096, 2**24 // max(widest, 1)))
+                for i in range(0, self.n, chunk):
+                    cols.append(self.forward(eye[i : i + chunk]) - b)
                 A = torch.cat(cols, 0).T.contiguous()
             self._cache[key] = (A, b)
         return self._cache[key]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._chain import analyse, eval_mode
+from ._chain import _input_shape, analyse, eval_mode
 from ._errors import NNInvError, NNInvWarning
 from ._result import Inversion
 from ._target import as_output, check_range, residual_of
@@ -109,20 +109,20 @@ def invert(
             )
     mdtype, device = _model_dtype_device(model)
     if input_shape is None and prior is not None and hasattr(prior, "event_shape"):
-        if getattr(model, "input_shape", None) is None:
+        try:
+            _input_shape(model, None)
+        except NNInvError:
             input_shape = tuple(prior.event_shape)
     with eval_mode(model):
-        chain = None
-        try:
-            chain = analyse(model, input_shape)
-            in_shape, out_shape = chain.input_shape, chain.output_shape
-        except NNInvError:
-            if input_shape is None:
-                raise
-            in_shape = tuple(int(s) for s in input_shape)
-            with torch.no_grad():
-                probe = model(torch.zeros(1, *in_shape, dtype=mdtype, device=device))
-            out_shape = tuple(probe.shape[1:])
+        chain = analyse(model, input_shape)
+        in_shape, out_shape = chain.input_shape, chain.output_shape
+        if prior is not None and hasattr(prior, "event_shape"):
+            if math.prod(prior.event_shape) != math.prod(in_shape):
+                raise NNInvError(
+                    f"the prior is over {tuple(prior.event_shape)} "
+                    f"({math.prod(prior.event_shape)} values) but the model input is "
+                    f"{in_shape} ({math.prod(in_shape)} values)"
+                )
         if isinstance(target, ClassTarget):
             dtype = mdtype
             target.check_classes(math.prod(out_shape))
@@ -132,11 +132,8 @@ def invert(
             tdtype = target.dtype if isinstance(target, Tensor) else None
             dtype = tdtype if tdtype is not None and tdtype.is_floating_point else mdtype
             y = as_output(target, out_shape, dtype, device)
-            if chain is not None:
-                yf, moved = check_range(y.reshape(y.shape[0], -1), chain)
-                y = yf.reshape(y.shape)
-            else:
-                moved = 0
+            yf, moved = check_range(y.reshape(y.shape[0], -1), chain)
+            y = yf.reshape(y.shape)
             tgt = y
         if method == "auto":
             method = _auto_method(chain, prior, tgt)
@@ -174,7 +171,7 @@ def invert(
 
 
 def _auto_method(chain: Any, prior: Prior | None, target: Any) -> str:
-    closed = chain is not None and not chain.unsupported and not isinstance(target, ClassTarget)
+    closed = not chain.unsupported and not isinstance(target, ClassTarget)
     if closed and prior is None:
         return "pinv"
     if closed and type(prior).posterior is not Prior.posterior:

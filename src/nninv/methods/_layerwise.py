@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .._chain import Affine, Chain, Elementwise, Shift
 from .._errors import NNInvError
-from .._linalg import factor, gauss_newton_onto
+from .._linalg import factor, gauss_newton_onto, gauss_newton_solve
 
 #: ``chooser(position, B, d) -> v``: a member of ``{v : B v = d}`` for the vector
 #: entering step ``position`` (0 means the model input).
@@ -69,6 +69,8 @@ def backward_pass(
                 reasons[i] = why
         ok.logical_and_(~mask)
 
+    polish = torch.zeros(N, dtype=torch.bool, device=device)
+    first_affine = True
     exact: Tensor | None = y
     B: Tensor | None = None
     d: Tensor | None = None
@@ -87,19 +89,18 @@ def backward_pass(
                 inside = step.act.in_range(v).all(1)
                 if not bool(inside.all()):
                     act = step.act
-                    u0 = act.reparam_inverse(_clip_inside(v[~inside], act))
-                    u, err, it = gauss_newton_onto(B, d[~inside], act.reparam, u0, tol=hidden_tol)
+                    clipped = _clip_inside(v[~inside], act)
+                    u, err, it = gauss_newton_onto(
+                        B, d[~inside], act.reparam, act.reparam_inverse(clipped), tol=hidden_tol
+                    )
                     info["projection_iterations"] = max(info["projection_iterations"], it)
                     vv = act.reparam(u)
+                    vv = torch.where(torch.isfinite(vv) & act.in_range(vv), vv, clipped)
                     v = v.clone()
                     v[~inside] = vv
-                    bad = torch.zeros(N, dtype=torch.bool, device=device)
-                    bad[(~inside).nonzero().flatten()[err > hidden_tol]] = True
-                    fail(
-                        bad,
-                        f"could not place the input of {step.label()} inside its range "
-                        f"{act.describe_range()} while meeting the constraint",
-                    )
+                    # the member is unreachable inside the range: keep the clipped one and
+                    # finish the sample by Gauss-Newton on the whole chain (below)
+                    polish[(~inside).nonzero().flatten()[~(err <= hidden_tol)]] = True
             elif isinstance(step, Shift):
                 raise NNInvError(
                     f"{step.label()} inside the network: closed-form methods invert Softmax "
@@ -109,6 +110,10 @@ def backward_pass(
         # exact values of this step's output
         if isinstance(step, Elementwise):
             exact = step.act.inverse(exact)
+            finite = torch.isfinite(exact)
+            if not bool(finite.all()):
+                polish |= ~finite.all(1)
+                exact = torch.where(finite, exact, torch.zeros_like(exact))
         elif isinstance(step, Shift):
             t = exact if step.log else torch.log(exact)
             B = _centering_basis(t.shape[1], dtype, device)
@@ -124,12 +129,16 @@ def backward_pass(
             far = outside > rtol_out * scale
             info["outside_range"] = max(info["outside_range"], float(outside.max()))
             if bool(far.any()):
-                fail(
-                    far,
-                    f"the target is not in the range of {step.label()} "
-                    f"(rank {F.rank} of {F.shape[0]} outputs); the least-squares "
-                    "solution is returned",
-                )
+                if first_affine:
+                    fail(
+                        far,
+                        f"the target is not in the range of {step.label()} "
+                        f"(rank {F.rank} of {F.shape[0]} outputs); the least-squares "
+                        "solution is returned",
+                    )
+                else:
+                    polish |= far
+            first_affine = False
             exact = None
         else:
             raise NNInvError(
@@ -139,7 +148,57 @@ def backward_pass(
     if exact is None:
         assert B is not None and d is not None
         exact = choose(0, B, d)
+    if sum(isinstance(s, Affine) for s in chain.steps) > 1:
+        # hidden members near a saturated edge can lose precision: check the whole chain
+        with torch.no_grad():
+            polish |= ~(_pre_residual(chain, exact, y) <= hidden_tol)
+    polish &= ok
+    info["polished"] = int(polish.sum())
+    if bool(polish.any()):
+        exact = exact.clone()
+        xs, err, it = _polish(chain, exact[polish], y[polish], hidden_tol)
+        info["polish_iterations"] = it
+        exact[polish] = xs
+        bad = torch.zeros(N, dtype=torch.bool, device=device)
+        bad[polish.nonzero().flatten()[~(err <= hidden_tol)]] = True
+        fail(
+            bad,
+            "a hidden layer's member was not reachable from the layers before it, and "
+            "Gauss-Newton on the whole chain stopped above tolerance",
+        )
     return exact, ok, reasons, info
+
+
+def _pre_target(chain: Chain, y: Tensor) -> tuple[int, Tensor]:
+    """Where to measure the residual: before a last elementwise activation, if any."""
+    last = chain.steps[-1]
+    if isinstance(last, Elementwise):
+        return len(chain.steps) - 1, last.act.inverse(y)
+    return len(chain.steps), y
+
+
+def _pre_residual(chain: Chain, x: Tensor, y: Tensor) -> Tensor:
+    upto, target = _pre_target(chain, y)
+    return (chain.forward_flat(x, upto=upto) - target).abs().amax(1)
+
+
+def _polish(chain: Chain, x0: Tensor, y: Tensor, tol: float) -> tuple[Tensor, Tensor, int]:
+    """Solve ``f(x) = y`` from ``x0`` by Gauss-Newton, before the last activation."""
+    upto, target = _pre_target(chain, y)
+
+    def F(v: Tensor) -> Tensor:
+        return chain.forward_flat(v, upto=upto)
+
+    x, err, it = gauss_newton_solve(F, x0, target, tol=tol)
+    again = ~(err <= tol)
+    if bool(again.any()):
+        # a saturated start can stall; the origin is a neutral second start
+        x2, err2, it2 = gauss_newton_solve(F, torch.zeros_like(x0[again]), target[again], tol=tol)
+        better = err2 < err[again]
+        idx = again.nonzero().flatten()[better]
+        x[idx], err[idx] = x2[better], err2[better]
+        it = max(it, it2)
+    return x, err, it
 
 
 def _clip_inside(v: Tensor, act) -> Tensor:

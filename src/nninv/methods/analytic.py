@@ -27,7 +27,7 @@ from .._errors import NNInvError
 from ..priors import GaussianPrior, Prior
 from . import Problem, Solution, register
 from ._layerwise import backward_pass
-from .pinv import _hidden_tol
+from .pinv import _exact_target, _hidden_tol
 
 _HIDDEN: weakref.WeakKeyDictionary[Prior, dict] = weakref.WeakKeyDictionary()
 
@@ -65,8 +65,7 @@ def invert_analytic(problem: Problem) -> Solution:
         p = prior if pos == 0 else _hidden_prior(prior, chain, pos, opts["hidden_samples"])
         return p.posterior(B).mean(d)
 
-    y = problem.target
-    assert isinstance(y, Tensor)
+    y = _exact_target(problem, "analytic")
     x, ok, reasons, info = backward_pass(
         chain, y.reshape(y.shape[0], -1), choose, hidden_tol=_hidden_tol(y.dtype)
     )

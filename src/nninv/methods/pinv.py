@@ -15,6 +15,7 @@ __all__ = ["invert_pinv"]
 import torch
 from torch import Tensor
 
+from .._errors import NNInvError
 from . import Problem, Solution, register
 from ._layerwise import backward_pass
 
@@ -29,12 +30,21 @@ def invert_pinv(problem: Problem) -> Solution:
     def choose(pos: int, B: Tensor, d: Tensor) -> Tensor:
         return d @ B
 
-    y = problem.target
-    assert isinstance(y, Tensor)
+    y = _exact_target(problem, "pinv")
     x, ok, reasons, info = backward_pass(
         chain, y.reshape(y.shape[0], -1), choose, hidden_tol=_hidden_tol(y.dtype)
     )
     return Solution(x.reshape(-1, *problem.input_shape), 0, ok, reasons, info)
+
+
+def _exact_target(problem: Problem, method: str) -> Tensor:
+    y = problem.target
+    if not isinstance(y, Tensor):
+        raise NNInvError(
+            f"method={method!r} needs an exact output target y; for a "
+            f"{type(y).__name__} use method='optimize'"
+        )
+    return y
 
 
 def _hidden_tol(dtype: torch.dtype) -> float:
