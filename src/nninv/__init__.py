@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 from . import priors
 from ._errors import NNInvError, NNInvWarning
 from ._result import Inversion
-from .inversion import invert
 from .diagnose import Diagnosis, diagnose
+from .inversion import invert
 from .targets import ClassTarget
 
 __all__ = [
