@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from conftest import EPS
 
+from conftest import EPS
 from nninv._linalg import factor, gauss_newton_onto, gauss_newton_solve
 
 TOL = EPS[torch.float64]["close"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import EPS
 from scipy.stats import multivariate_normal
 
+from conftest import EPS
 from nninv import NNInvError
 from nninv.priors import GaussianMixturePrior, GaussianPrior
 
