@@ -12,6 +12,7 @@ from ._errors import NNInvError, NNInvWarning
 from ._result import Inversion
 from .diagnose import Diagnosis, diagnose
 from .inversion import invert
+from .io import load_model
 from .targets import ClassTarget
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "__version__",
     "diagnose",
     "invert",
+    "load_model",
     "priors",
 ]

@@ -1,0 +1,276 @@
+"""Load trained networks saved by Keras, ONNX or TorchScript as PyTorch modules.
+
+:func:`load_model` reads a model file without the framework that wrote it and
+rebuilds the network as a ``torch.nn.Sequential`` of standard PyTorch layers
+(``nn.Linear``, ``nn.Conv2d``, ``nn.Sigmoid``, ...) plus the shape layers of
+:mod:`nninv.layers`, so that the chain analysis recognises every step. The
+format is told from the file's content (zip members, HDF5 signature, pickle
+opcodes), the suffix only breaking ties. Pickled PyTorch modules are refused:
+unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SUPPORTED_KINDS", "load_model"]
+
+import os
+import zipfile
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._errors import NNInvError
+
+#: The kinds of file :func:`load_model` reads, as named in its error messages.
+SUPPORTED_KINDS: tuple[str, ...] = (
+    "Keras 3 archive (.keras)",
+    "legacy Keras HDF5 (.h5, .hdf5)",
+    "ONNX (.onnx)",
+    "TorchScript archive (torch.jit.save; .pt, .pth)",
+)
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"}
+_SAFE_ALTERNATIVES = (
+    "Unpickling executes arbitrary code, so nninv does not load pickles. Safe "
+    "alternatives: (1) save model.state_dict(), rebuild your own model class and "
+    "fill it with model.load_state_dict(torch.load(path, weights_only=True)), "
+    "then pass the module itself; (2) save a TorchScript archive with "
+    "torch.jit.save(torch.jit.script(model), path); (3) export ONNX with "
+    "torch.onnx.export; (4) keep the weights in safetensors and build the module "
+    "in code."
+)
+
+
+class _ModelFileNotFoundError(NNInvError, FileNotFoundError):
+    """The model file does not exist (catchable as either parent class)."""
+
+
+def load_model(path: str | os.PathLike[str]) -> nn.Module:
+    """Load a saved network as a PyTorch module made of standard layers.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A Keras 3 archive (``.keras``), a legacy Keras HDF5 file (``.h5``), an
+        ONNX model (``.onnx``) or a TorchScript archive (``torch.jit.save``).
+        The format is recognised from the file's content.
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode with float32 parameters. Keras and ONNX models come back
+        as a ``torch.nn.Sequential`` of standard layers (``nn.Linear``,
+        ``nn.Conv2d``, pooling, ``nn.BatchNorm1d``/``2d``, activations such as
+        ``nn.Sigmoid``) and :class:`~nninv.layers.Permute` /
+        :class:`~nninv.layers.Reshape`, with an ``input_shape`` attribute
+        (without the batch dimension) in the file's own layout: a
+        channels-last Keras CNN takes ``(N, H, W, C)`` as Keras does. Module
+        names are the original layer (or node) names. TorchScript archives come
+        back as the loaded ``ScriptModule``.
+
+    Raises
+    ------
+    NNInvError
+        If the file is missing (also a ``FileNotFoundError``), empty, corrupt
+        or truncated, of an unknown kind, a pickle (``torch.save``; refused
+        because unpickling runs code), or if the network uses a layer or
+        operator without a standard PyTorch equivalent, or is not a chain
+        (the message names the layer or node, its type and its position).
+
+    Examples
+    --------
+    >>> from nninv.io import load_model
+    >>> model = load_model("mnist.keras")  # doctest: +SKIP
+    >>> model  # doctest: +SKIP
+    Sequential(
+      (dense): Linear(in_features=784, out_features=10, bias=True)
+      (dense_sigmoid): Sigmoid()
+    )
+    >>> model.input_shape  # doctest: +SKIP
+    (784,)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _ModelFileNotFoundError(f"no such model file: '{path}'")
+    if path.is_dir():
+        raise NNInvError(
+            f"'{path}' is a directory (a TensorFlow SavedModel?); nninv reads single "
+            f"files: {_kinds()}. Export the model to ONNX or save it with Keras 3 as .keras"
+        )
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise NNInvError(f"'{path}' is empty (0 bytes): the file is corrupt or truncated")
+
+    if head.startswith(_ZIP_MAGIC):
+        return _load_zip(path)
+    if head.startswith(_HDF5_MAGIC):
+        from ._keras import load_keras_h5
+
+        return load_keras_h5(path)
+    if _is_pickle(head) or path.suffix.lower() in {".pkl", ".pickle"}:
+        raise NNInvError(
+            f"'{path}' is a Python pickle (torch.save of a whole module or of a "
+            f"state_dict in the legacy format); refusing to load it. {_SAFE_ALTERNATIVES}"
+        )
+    if path.suffix.lower() == ".safetensors" or _is_safetensors(path, head):
+        raise NNInvError(
+            f"'{path}' is a safetensors file: it holds weights but no architecture. "
+            f"Build the module in code, fill it with safetensors.torch.load_model, and "
+            f"pass the module itself; or save it as one of: {_kinds()}"
+        )
+    if path.suffix.lower() in {".keras", ".h5", ".hdf5"}:
+        raise NNInvError(
+            f"'{path}' has a Keras suffix but is neither a zip archive nor an HDF5 "
+            f"file: the file is corrupt or truncated"
+        )
+    if path.suffix.lower() == ".onnx":
+        from ._onnx import load_onnx
+
+        return load_onnx(path)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise NNInvError(
+            f"'{path}' is neither a TorchScript archive nor a torch.save file: the file "
+            f"is corrupt or truncated, or not a model. nninv reads: {_kinds()}"
+        )
+    from ._onnx import looks_like_onnx
+
+    if looks_like_onnx(path):
+        from ._onnx import load_onnx
+
+        return load_onnx(path)
+    raise NNInvError(f"'{path}' is not a model file nninv knows; supported kinds: {_kinds()}")
+
+
+def _kinds() -> str:
+    return "; ".join(SUPPORTED_KINDS)
+
+
+def _is_pickle(head: bytes) -> bool:
+    # Protocol 2+ pickles open with PROTO; legacy torch.save files are such pickles.
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _is_safetensors(path: Path, head: bytes) -> bool:
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 8 + n <= path.stat().st_size
+
+
+def _load_zip(path: Path) -> nn.Module:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise NNInvError(
+            f"'{path}' is a damaged zip archive ({e}): the file is corrupt or truncated"
+        ) from None
+    base = {n.rsplit("/", 1)[-1] for n in names}
+    if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
+        from ._keras import load_keras_v3
+
+        return load_keras_v3(path)
+    if "constants.pkl" in base and any("/code/" in n for n in names):
+        from ._torchscript import load_torchscript
+
+        return load_torchscript(path)
+    if "data.pkl" in base:
+        raise NNInvError(
+            f"'{path}' was written by torch.save (a pickled module or state_dict, not "
+            f"TorchScript); refusing to unpickle it. A state_dict also lacks the "
+            f"architecture. {_SAFE_ALTERNATIVES}"
+        )
+    raise NNInvError(
+        f"'{path}' is a zip archive of no kind nninv knows (members: "
+        f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); supported kinds: "
+        f"{_kinds()}"
+    )
+
+
+def _corrupt(path: Path, what: str, err: BaseException | str) -> NNInvError:
+    """An error saying that ``path`` (a ``what`` file) is corrupt or truncated."""
+    return NNInvError(
+        f"'{path}' is not a readable {what} file ({err}): the file is corrupt or truncated"
+    )
+
+
+class _Builder:
+    """Collect named modules into a ``nn.Sequential`` while tracking the tensor shape.
+
+    ``shape`` is the shape (without batch) of the tensor the next module receives;
+    it is found by running each new module on zeros, so it is always what the
+    built module really computes.
+    """
+
+    def __init__(self, input_shape: Sequence[int]) -> None:
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.shape = self.input_shape
+        self.modules: dict[str, nn.Module] = {}
+
+    def add(self, name: str, module: nn.Module, context: str = "") -> None:
+        """Append ``module`` under a unique version of ``name`` and update ``shape``."""
+        key = _module_key(name, self.modules)
+        module.eval()
+        try:
+            with torch.no_grad():
+                out = module(torch.zeros((1, *self.shape)))
+        except RuntimeError as e:
+            raise NNInvError(
+                f"{context or name}: the translated {type(module).__name__} does not "
+                f"accept an input of shape {self.shape} ({e})"
+            ) from None
+        self.modules[key] = module
+        self.shape = tuple(out.shape[1:])
+
+    @property
+    def last(self) -> nn.Module | None:
+        """The module added last, or None."""
+        return next(reversed(self.modules.values()), None)
+
+    def finish(self) -> nn.Sequential:
+        """The eval-mode float32 ``nn.Sequential`` with its ``input_shape`` attribute."""
+        model = nn.Sequential(OrderedDict(self.modules)).float().eval()
+        model.input_shape = self.input_shape  # type: ignore[assignment]
+        return model
+
+
+_PROBE = nn.Sequential()
+
+
+def _module_key(name: str, taken: dict[str, nn.Module]) -> str:
+    key = "".join(c if c.isalnum() or c == "_" else "_" for c in name).strip("_") or "layer"
+    if hasattr(_PROBE, key):
+        key = f"l_{key}"
+    base, i = key, 1
+    while key in taken:
+        key = f"{base}_{i}"
+        i += 1
+    return key
+
+
+def _batch_norm(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    spatial: bool,
+) -> nn.Module:
+    """An eval-mode ``nn.BatchNorm2d`` (``spatial``) or ``nn.BatchNorm1d`` with these statistics."""
+    c = weight.shape[0]
+    bn: nn.Module = nn.BatchNorm2d(c, eps=eps) if spatial else nn.BatchNorm1d(c, eps=eps)
+    state = {"weight": weight, "bias": bias, "running_mean": mean, "running_var": var}
+    bn.load_state_dict({**state, "num_batches_tracked": torch.tensor(0)})
+    return bn.eval()
+
+
+def _pair(values: Sequence[int]) -> tuple[int, int]:
+    """Two ints from a length-2 sequence (the spatial sizes of a 2D layer)."""
+    a, b = values
+    return int(a), int(b)
