@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = ["Diagnosis", "LayerDiagnosis", "diagnose"]
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -325,10 +326,13 @@ def _jacobian_rank(
         return model(x.reshape(1, *chain.input_shape)).reshape(-1)
 
     try:
-        if n <= m:
-            J = torch.func.jacfwd(f)(x0.reshape(-1))
-        else:
-            J = torch.func.jacrev(f)(x0.reshape(-1))
+        with warnings.catch_warnings():
+            # torch.func's forward mode warns about torch.jit internals, not the user's concern
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if n <= m:
+                J = torch.func.jacfwd(f)(x0.reshape(-1))
+            else:
+                J = torch.func.jacrev(f)(x0.reshape(-1))
     except Exception:
         return None
     rtol = max(n, m) * torch.finfo(dtype).eps
