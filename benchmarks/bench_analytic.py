@@ -1,0 +1,217 @@
+"""Speed of ``nninv.invert`` on the seed's model against the seed's own code and one GEMM.
+
+Trains the seed's model ``f(x) = sigmoid(x W^T + b)`` (784 -> 10, 5 epochs of
+Adam) on full MNIST when it is found (``--data-dir``, else
+:func:`nninv.datasets.default_mnist_dir`), otherwise on the embedded 5,000
+digits, and inverts ``--n`` (10,000) of its outputs. Contenders, each timed as
+the median of ``--repeats`` calls, interleaved so that load from other
+processes hits all of them alike:
+
+- ``nninv pinv``: ``invert(f, y, method="pinv")``, warm (the SVD of ``W`` is
+  cached by the first call).
+- ``nninv analytic (gaussian)``: ``invert(f, y, method="analytic", prior=...)``
+  with a :class:`~nninv.priors.GaussianPrior`, warm.
+- ``nninv analytic (mixture)``: the same with a 20-component mixture (extra row).
+- ``seed code (numpy)`` / ``seed code (torch)``: ``(logit(y) - b) @ pinv(W^T)``
+  with the pseudo-inverse recomputed per call, as the seed did.
+- ``bare GEMM``: one ``(N, 10) @ (10, 784)`` product in torch, the floor;
+  ``bare GEMM (numpy)`` is the same product in NumPy, for scale (NumPy's
+  allocator often makes its fresh 31-63 MB output cheaper to fault in).
+
+``invert`` also runs the model once on its answer to measure the residual; that
+is part of its cost and stays in the measurement. Ratios are to the torch
+bare GEMM of the same dtype. Target: nninv pinv and analytic (gaussian) within 3x.
+The ``faults`` column is the median number of minor page faults per call: a
+fresh output of 10,000 x 784 float64 values (63 MB) costs about 15,000 of them,
+often more time than the product itself.
+
+Run ``python benchmarks/bench_analytic.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import scipy.special
+import torch
+
+from nninv import NNInvWarning, invert
+from nninv._demo import fit_priors, load_split, train_seed_model
+from nninv.datasets import default_mnist_dir
+
+TARGET_RATIO = 3.0
+
+
+def _minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timeit(fn: Callable[[], object]) -> tuple[float, int]:
+    """Wall seconds of one call, and the minor page faults it caused."""
+    f0 = _minor_faults()
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t, _minor_faults() - f0
+
+
+def _data(
+    data_dir: str | None, n: int, seed: int
+) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training images, training labels, and ``n`` held-out images (repeated if fewer)."""
+    folder = data_dir if data_dir is not None else default_mnist_dir()
+    if folder is not None and Path(folder).is_dir():
+        train, test = load_split("mnist", folder)
+        name = f"full MNIST ({folder})"
+    else:
+        if data_dir is not None:
+            sys.exit(f"bench_analytic: MNIST data folder does not exist: {data_dir}")
+        train, test = load_split("mnist5k", n_test=1000, seed=seed)
+        name = "embedded mnist5k (full MNIST not found)"
+    X = test.flat()
+    reps = -(-n // len(X))
+    return name, train.images, train.labels, X.repeat(reps, 1)[:n]
+
+
+def contenders(
+    f: torch.nn.Module, y: torch.Tensor, priors: dict
+) -> dict[str, Callable[[], object]]:
+    """The timed calls, keyed by table row, for model ``f`` and its outputs ``y``."""
+    W, b = f[0].weight.detach(), f[0].bias.detach()  # (10, n), (10,)
+    y_np, W_np, b_np = y.numpy(), W.numpy(), b.numpy()
+    d = torch.randn(y.shape[0], W.shape[0], dtype=y.dtype)
+    M = torch.randn(W.shape[0], W.shape[1], dtype=y.dtype)
+    d_np, M_np = d.numpy(), M.numpy()
+
+    def seed_numpy() -> np.ndarray:
+        return (scipy.special.logit(y_np) - b_np) @ np.linalg.pinv(W_np.T)
+
+    def seed_torch() -> torch.Tensor:
+        return (torch.logit(y) - b) @ torch.linalg.pinv(W.T)
+
+    return {
+        "nninv pinv": lambda: invert(f, y, method="pinv"),
+        "nninv analytic (gaussian)": lambda: invert(
+            f, y, method="analytic", prior=priors["gaussian"]
+        ),
+        "nninv analytic (mixture)": lambda: invert(
+            f, y, method="analytic", prior=priors["mixture"]
+        ),
+        "seed code (numpy)": seed_numpy,
+        "seed code (torch)": seed_torch,
+        "bare GEMM (numpy)": lambda: d_np @ M_np,
+        "bare GEMM": lambda: d @ M,
+    }
+
+
+def bench_dtype(
+    f32: torch.nn.Module, X: torch.Tensor, priors: dict, dtype: torch.dtype, repeats: int
+) -> tuple[dict[str, tuple[float, float, float]], int]:
+    """Per contender: median seconds, median page faults and max residual; edge values moved."""
+    f = copy.deepcopy(f32).to(dtype)
+    with torch.no_grad():
+        y = f(X.to(dtype))
+    calls = contenders(f, y, priors)
+    times: dict[str, list[tuple[float, int]]] = {k: [] for k in calls}
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always", NNInvWarning)
+        results = {k: fn() for k, fn in calls.items()}  # warm-up: fills the caches
+        for _ in range(repeats):
+            for k, fn in calls.items():
+                times[k].append(_timeit(fn))
+    edge = sum("edge of the range" in str(w.message) for w in caught) // (1 + repeats)
+    rows = {}
+    for k, ts in times.items():
+        r = results[k]
+        if k.startswith("nninv"):
+            res = float(r.residual.max())
+        elif k.startswith("seed"):
+            with torch.no_grad():
+                res = float((f(torch.as_tensor(r)) - y).abs().max())
+        else:
+            res = float("nan")
+        rows[k] = (statistics.median(t for t, _ in ts), statistics.median(n for _, n in ts), res)
+    return rows, edge
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data-dir", help="folder of the MNIST IDX files (default: found automatically)"
+    )
+    parser.add_argument("--n", type=int, default=10_000, help="outputs to invert (default: 10000)")
+    parser.add_argument(
+        "--repeats", type=int, default=15, help="timed calls per contender (default: 15)"
+    )
+    parser.add_argument(
+        "--components", type=int, default=20, help="mixture components (default: 20)"
+    )
+    parser.add_argument(
+        "--dtypes", default="float32,float64", help="comma-separated (default: float32,float64)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads (default: torch's choice)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    name, train_x, train_y, test_x = _data(args.data_dir, args.n, args.seed)
+    t = time.perf_counter()
+    f32 = train_seed_model(train_x, train_y, seed=args.seed)
+    t_train = time.perf_counter() - t
+    priors, fit_times = fit_priors(train_x, args.components, seed=args.seed)
+    print(f"data: {name}; {len(train_x)} training images, {args.n} outputs inverted")
+    print(
+        f"setup: training {t_train:.1f} s, Gaussian fit {fit_times['fit gaussian']:.1f} s, "
+        f"{args.components}-component mixture fit {fit_times['fit mixture']:.1f} s; "
+        f"torch threads {torch.get_num_threads()}, median of {args.repeats} warm calls"
+    )
+    print()
+    header = (
+        f"{'contender':<28} {'dtype':<8} {'median ms':>10} {'x GEMM':>8} {'faults':>7} "
+        f"{'max residual':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    failures = []
+    for dname in args.dtypes.split(","):
+        dname = dname.strip()
+        rows, edge = bench_dtype(f32, test_x, priors, getattr(torch, dname), args.repeats)
+        gemm = rows["bare GEMM"][0]
+        for k, (med, faults, res) in rows.items():
+            res_s = "-" if res != res else f"{res:.1e}"
+            print(
+                f"{k:<28} {dname:<8} {1e3 * med:>10.2f} {med / gemm:>7.1f}x {faults:>7.0f} "
+                f"{res_s:>13}"
+            )
+            if k in ("nninv pinv", "nninv analytic (gaussian)") and med / gemm > TARGET_RATIO:
+                failures.append(f"{k} {dname}: {med / gemm:.1f}x GEMM")
+        if edge:
+            print(
+                f"  ({dname}: {edge} output value(s) were exactly 0 or 1 and moved one ulp inside)"
+            )
+    print()
+    if failures:
+        print(f"target missed (<= {TARGET_RATIO:g}x GEMM): " + "; ".join(failures))
+        return 1
+    print(
+        f"target met: nninv pinv and analytic (gaussian) within {TARGET_RATIO:g}x of the bare GEMM"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
