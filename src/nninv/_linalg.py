@@ -68,6 +68,9 @@ class Factor:
         """
         coef = c @ self.U
         d = coef / self.s
+        if self.rank == self.shape[0]:
+            # full row rank: every c is in the range
+            return d, torch.zeros(c.shape[0], dtype=c.dtype, device=c.device)
         outside = torch.linalg.vector_norm(c - coef @ self.U.T, dim=1)
         return d, outside
 
