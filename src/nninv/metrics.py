@@ -156,12 +156,10 @@ def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0, *, win_size: int = 7) 
     c2 = (0.03 * data_range) ** 2
     a = x.reshape(n * c, 1, h, w)
     b = ref.reshape(n * c, 1, h, w)
-    # One grouped convolution gives all five local means at once.
+    # One uniform average pool gives all five local means at once (much faster than a
+    # grouped convolution in float64 on CPU).
     stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)
-    kernel = torch.full(
-        (5, 1, win_size, win_size), 1.0 / win_size**2, dtype=x.dtype, device=x.device
-    )
-    mu_a, mu_b, m_aa, m_bb, m_ab = F.conv2d(stack, kernel, groups=5).unbind(dim=1)
+    mu_a, mu_b, m_aa, m_bb, m_ab = F.avg_pool2d(stack, win_size, stride=1).unbind(dim=1)
     n_win = win_size**2
     cov_norm = n_win / (n_win - 1)
     var_a = cov_norm * (m_aa - mu_a * mu_a)
