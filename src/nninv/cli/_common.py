@@ -1,0 +1,171 @@
+"""Helpers shared by the sub-commands: reading arrays and shapes given on the command line.
+
+Arrays are read with ``np.load(..., allow_pickle=False)`` so that a file never
+runs code, and every failure becomes an :class:`~nninv.NNInvError` naming the
+file, which the command line prints as one line.
+"""
+
+from __future__ import annotations
+
+__all__ = ["analyse_model", "fit_to_shape", "load_array", "parse_pair", "parse_shape"]
+
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .._errors import NNInvError
+
+
+def load_array(path: str | Path, what: str) -> np.ndarray:
+    """Read a real-valued array from a ``.npy`` file (or a ``.npz`` holding one array).
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        What the array is, for messages (``"outputs"``, ``"prior data"``).
+
+    Raises
+    ------
+    NNInvError
+        If the file is missing, is a pickle or holds an object array (refused:
+        unpickling runs code), is not a NumPy file, or holds no real numbers.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NNInvError(f"{what} file '{path}' does not exist")
+    if path.is_dir():
+        raise NNInvError(f"{what} file '{path}' is a directory; give a .npy file")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith((b"\x93NUMPY", b"PK")):
+        # np.load would try to unpickle anything else: tell a pickle from other bytes.
+        if head[:1] == b"\x80" or path.suffix.lower() in {".pkl", ".pickle"}:
+            raise NNInvError(
+                f"{what} file '{path}' is a Python pickle; refusing to unpickle (it could run "
+                "code). Save a numeric array with np.save(path, array)"
+            )
+        raise NNInvError(
+            f"{what} file '{path}' is not a readable .npy file (no NumPy header): save it "
+            "with np.save(path, array)"
+        )
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        # NumPy says "pickled data" for a pickle and "Object arrays" for dtype=object.
+        if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
+            raise NNInvError(
+                f"{what} file '{path}' holds pickled Python objects (an object array); "
+                "refusing to unpickle (it could run code). Save a numeric array with "
+                "np.save(path, np.asarray(a, dtype=np.float32))"
+            ) from None
+        raise NNInvError(f"{what} file '{path}' is not a readable .npy file ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise NNInvError(
+            f"{what} file '{path}' is not a readable .npy file ({type(e).__name__}: {e})"
+        ) from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            names = list(loaded.files)
+            if len(names) != 1:
+                raise NNInvError(
+                    f"{what} file '{path}' is an .npz archive of {len(names)} arrays "
+                    f"({', '.join(names[:5])}); give a .npy file or an .npz with one array"
+                )
+            try:
+                arr = loaded[names[0]]
+            except ValueError:
+                raise NNInvError(
+                    f"{what} file '{path}' holds pickled Python objects; refusing to unpickle"
+                ) from None
+    else:
+        arr = loaded
+    if arr.dtype.kind not in "fiu":
+        raise NNInvError(
+            f"{what} file '{path}' holds an array of dtype {arr.dtype}; expected real numbers"
+        )
+    return arr
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,28,28"`` as ``(1, 28, 28)``; raise :class:`NNInvError` on anything else."""
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(","))
+    except ValueError:
+        raise NNInvError(
+            f"--input-shape must be positive integers separated by commas, e.g. 1,28,28; "
+            f"got {text!r}"
+        ) from None
+    if not shape or any(s <= 0 for s in shape):
+        raise NNInvError(f"--input-shape must be positive integers, got {text!r}")
+    return shape
+
+
+def parse_pair(text: str, option: str) -> tuple[float, float]:
+    """``"0,1"`` as ``(0.0, 1.0)`` with ``lo < hi``."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise NNInvError(f"{option} must be two numbers LO,HI, e.g. 0,1; got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+        raise NNInvError(f"{option} needs finite LO < HI, got {text!r}")
+    return lo, hi
+
+
+def fit_to_shape(
+    arr: np.ndarray, shape: tuple[int, ...], what: str, path: str | Path
+) -> np.ndarray:
+    """``arr`` reshaped to ``(N, *shape)``.
+
+    Accepted: ``(N, *shape)`` itself, flat ``(N, prod(shape))``, and any
+    ``(N, ...)`` of the right size that differs from ``shape`` only by axes of
+    length 1 (e.g. ``(N, 1, 28, 28)`` for a channels-last ``(28, 28, 1)``
+    input), where reshaping keeps every value in place.
+    """
+    want = f"(N, {', '.join(map(str, shape))})"
+    if arr.ndim < 2:
+        raise NNInvError(
+            f"{what} file '{path}' holds shape {arr.shape}; expected samples shaped {want}"
+        )
+    sample = tuple(arr.shape[1:])
+    n = math.prod(shape)
+    ok = sample == shape or sample == (n,)
+    ok = ok or (
+        math.prod(sample) == n
+        and tuple(s for s in sample if s != 1) == tuple(s for s in shape if s != 1)
+    )
+    if not ok:
+        raise NNInvError(
+            f"{what} file '{path}' holds shape {arr.shape}, but the model's inputs are "
+            f"shaped {want} (flat (N, {n}) is accepted too)"
+        )
+    return arr.reshape(arr.shape[0], *shape)
+
+
+def analyse_model(
+    model: nn.Module, shape: tuple[int, ...] | None, data: np.ndarray | None, data_option: str
+) -> Any:
+    """The model's :class:`~nninv._chain.Chain` for ``--input-shape``, or the file's own shape.
+
+    When neither tells the input shape (a TorchScript file starting with a
+    convolution), the shape of one sample of ``data`` is used, as
+    :func:`nninv.invert` does with a prior.
+    """
+    from .._chain import analyse, eval_mode
+
+    with eval_mode(model):
+        try:
+            return analyse(model, shape)
+        except NNInvError as e:
+            if shape is not None:
+                raise
+            if data is None or data.ndim < 2:
+                raise NNInvError(
+                    f"{e}; on the command line: --input-shape C,H,W or {data_option} X.npy"
+                ) from None
+        return analyse(model, tuple(data.shape[1:]))

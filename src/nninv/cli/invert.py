@@ -1,0 +1,349 @@
+"""``nninv invert``: find inputs that a saved model maps to given outputs.
+
+Loads a Keras, ONNX or TorchScript file with :func:`nninv.load_model`, reads
+the outputs from a ``.npy`` file (or builds a :class:`~nninv.ClassTarget` from
+``--target class=K``), optionally fits a prior on example inputs, calls
+:func:`nninv.invert`, and writes the inputs found to a ``.npy`` file, with a
+PNG grid beside it when the inputs are images.
+"""
+
+from __future__ import annotations
+
+__all__ = ["add_parser", "run"]
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._errors import NNInvError, NNInvWarning
+from ._common import analyse_model, fit_to_shape, load_array, parse_pair, parse_shape
+
+#: Images shown in the PNG grid beside the output: at most ``_ROWS`` rows of ``_COLS``.
+_COLS, _ROWS = 10, 5
+
+_DESCRIPTION = """\
+Find inputs x with model(x) = y for every output y in --outputs (an array
+shaped (N, *output_shape), or flat (N, m)), or inputs that the model puts in
+the classes given by --target. The inputs go to --out as a .npy array shaped
+(N, *input_shape) in the model's dtype; when they are images, a PNG grid of
+them is written beside it (same name, .png).
+
+Methods: pinv (minimum-norm input, layer by layer), analytic (the prior's
+conditional mean, needs --prior-data), optimize (any differentiable model, when
+installed), auto (the default: analytic with a prior, pinv without, optimize
+for class targets or layers without a closed form).
+
+With --prior-data X.npy a prior is fitted on example inputs, shaped like the
+model input or flat: a Gaussian (--prior gaussian, the default) or a Gaussian
+mixture (--prior mixture --components K). The residual of every sample,
+max |model(x) - y|, is measured by running the model on the inputs written.
+
+Exit status: 0 when every sample converged (residual <= tol), 1 when some did
+not (the summary gives the first reason), 2 on a usage or input error (missing
+or corrupt file, outputs of the wrong shape, NaN in the outputs, a pickled
+.npy)."""
+
+_EPILOG = """\
+examples:
+  nninv invert mnist.keras --outputs y.npy --out x.npy
+  nninv invert mnist.keras --outputs y.npy --prior-data train.npy --out x.npy
+  nninv invert mnist.onnx --target class=3,7 --prior-data train.npy --out x.npy"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``invert`` with the ``nninv`` parser."""
+    parser = subparsers.add_parser(
+        "invert",
+        help="find inputs that a saved model (Keras, ONNX, TorchScript) maps to given outputs",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "model", metavar="MODEL", help="model file: .keras, .h5, .onnx or TorchScript .pt/.pth"
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--outputs", metavar="Y.npy", help="outputs to invert, shaped (N, *output_shape)"
+    )
+    what.add_argument(
+        "--target",
+        action="append",
+        metavar="class=K",
+        help="class target instead of --outputs: one sample per class; repeat it or give "
+        "a list (class=3,7,1)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="X.npy", help="where to write the inputs found (.npy)"
+    )
+    parser.add_argument(
+        "--method",
+        default="auto",
+        metavar="M",
+        help="auto (default), pinv, analytic or optimize (when installed)",
+    )
+    parser.add_argument(
+        "--prior-data",
+        metavar="X.npy",
+        help="example inputs, shaped like the model input or flat, to fit a prior on",
+    )
+    parser.add_argument(
+        "--prior",
+        choices=("gaussian", "mixture"),
+        help="prior fitted on --prior-data (default: gaussian)",
+    )
+    parser.add_argument(
+        "--components",
+        type=int,
+        metavar="K",
+        help="mixture components, with --prior mixture (default: 10)",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        metavar="P",
+        help="with --target: the class must get at least this probability, in (0, 1]",
+    )
+    parser.add_argument(
+        "--bounds",
+        metavar="LO,HI",
+        help="keep every input value in [LO, HI] (e.g. 0,1 for images); needs the "
+        "optimize method, which auto then picks",
+    )
+    parser.add_argument(
+        "--tol",
+        type=float,
+        metavar="T",
+        help="residual tolerance for convergence (default: 1e-5 in float64, 1e-4 in float32)",
+    )
+    parser.add_argument(
+        "--input-shape",
+        metavar="C,H,W",
+        help="the model's input shape without the batch dimension, when the file does not tell it",
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _parse_targets(items: list[str]) -> list[int]:
+    labels: list[int] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if key.strip() != "class" or not sep:
+            raise NNInvError(f"--target must read class=K or class=K1,K2,...; got {item!r}")
+        for v in values.split(","):
+            try:
+                labels.append(int(v))
+            except ValueError:
+                raise NNInvError(
+                    f"--target: class labels must be integers, got {v!r} in {item!r}"
+                ) from None
+    return labels
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Usage errors that need no file: raise before anything is loaded."""
+    if args.prior is not None and args.prior_data is None:
+        raise NNInvError(f"--prior {args.prior} needs --prior-data X.npy to fit it on")
+    if args.components is not None:
+        if args.prior != "mixture":
+            raise NNInvError("--components applies to --prior mixture")
+        if args.components < 1:
+            raise NNInvError(f"--components must be a positive integer, got {args.components}")
+    if args.confidence is not None and args.target is None:
+        raise NNInvError("--confidence applies to --target class=K")
+    if args.tol is not None and not (args.tol > 0 and math.isfinite(args.tol)):
+        raise NNInvError(f"--tol must be positive and finite, got {args.tol}")
+
+
+def _check_method(name: str) -> None:
+    from ..methods import METHODS
+
+    valid = ["auto", *sorted(METHODS)]
+    if name not in valid:
+        raise NNInvError(f"unknown method {name!r}; valid: {', '.join(valid)}")
+
+
+def _pick_method(
+    name: str, bounds: tuple[float, float] | None, chain: Any, prior: Any, target: Any
+) -> str:
+    """The method ``invert`` will run: ``auto`` resolved here, so options can follow it."""
+    from ..inversion import _auto_method
+    from ..methods import METHODS
+
+    if name == "auto":
+        # pinv and analytic aim at exact outputs without bounds; optimize does the rest.
+        name = "optimize" if bounds is not None else _auto_method(chain, prior, target)
+    elif bounds is not None and name != "optimize":
+        raise NNInvError(f"--bounds needs --method optimize; {name} solves without bounds")
+    if name not in METHODS:
+        why = "--bounds" if bounds is not None else "this model or target"
+        raise NNInvError(
+            f"{why} needs the {name} method, which this installation lacks "
+            f"(available: {', '.join(sorted(METHODS))})"
+        )
+    return name
+
+
+def _read_outputs(path: str, out_shape: tuple[int, ...]) -> np.ndarray:
+    y = load_array(path, "outputs")
+    m = math.prod(out_shape)
+    want = f"(N, {', '.join(map(str, out_shape))})"
+    if y.shape == out_shape or (y.ndim == 1 and y.size == m):
+        y = y.reshape(1, *out_shape)
+    if y.ndim < 2 or math.prod(y.shape[1:]) != m:
+        raise NNInvError(
+            f"outputs file '{path}' holds shape {y.shape}, but the model's outputs are "
+            f"shaped {want}"
+        )
+    if y.shape[0] == 0:
+        raise NNInvError(f"outputs file '{path}' holds no samples (shape {y.shape})")
+    y = y.reshape(y.shape[0], *out_shape)
+    flat = y.reshape(y.shape[0], -1)
+    bad = ~np.isfinite(flat)
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise NNInvError(
+            f"outputs file '{path}': sample {i}, output {j} is {flat[i, j]}; outputs must "
+            f"be finite ({int(bad.sum())} value(s) are not)"
+        )
+    return y
+
+
+def _fit_prior(args: argparse.Namespace, X: np.ndarray, in_shape: tuple[int, ...]) -> Any:
+    from ..priors import GaussianMixturePrior, GaussianPrior
+
+    X = fit_to_shape(X, in_shape, "prior data", args.prior_data)
+    try:
+        if (args.prior or "gaussian") == "gaussian":
+            return GaussianPrior.fit(X)
+        k = args.components if args.components is not None else 10
+        return GaussianMixturePrior.fit(X, n_components=k, seed=args.seed)
+    except NNInvError as e:
+        raise NNInvError(f"prior data file '{args.prior_data}': {e}") from None
+
+
+def _image_view(x: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """``x`` (N, *shape) as images save_grid can show, or None if they are not images."""
+    from ..figures import is_image_shape
+
+    if is_image_shape(shape):
+        if len(shape) == 1:
+            side = math.isqrt(shape[0])
+            return x, (side, side)
+        return x, shape
+    # Keras lays images out channels-last, (H, W, C): show them channels-first.
+    if len(shape) == 3 and shape[-1] in (1, 3) and min(shape[:2]) >= 4:
+        h, w, c = shape
+        x = np.moveaxis(x.reshape(-1, h, w, c), -1, 1)
+        return (x[:, 0], (h, w)) if c == 1 else (x, (c, h, w))
+    return None
+
+
+def _save_figure(
+    x: np.ndarray,
+    in_shape: tuple[int, ...],
+    path: Path,
+    method: str,
+    value_range: tuple[float, float] | None,
+) -> Path | None:
+    from ..figures import save_grid
+
+    view = _image_view(x, in_shape)
+    if view is None:
+        return None
+    images, image_shape = view
+    shown = images[: _COLS * _ROWS]
+    rows = {f"#{i}": shown[i : i + _COLS] for i in range(0, len(shown), _COLS)}
+    if value_range is None:
+        lo, hi = float(np.min(shown)), float(np.max(shown))
+        if not lo < hi:
+            lo, hi = lo - 0.5, hi + 0.5
+    else:
+        lo, hi = value_range
+    title = f"nninv invert, method {method}: {len(shown)} of {len(x)} inputs"
+    return save_grid(
+        rows, path, ncols=_COLS, image_shape=image_shape, title=title, vmin=lo, vmax=hi
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Invert the outputs; return 0 if all converged, 1 if some did not."""
+    import torch
+
+    from .. import invert, load_model
+    from ..targets import ClassTarget
+
+    _check_options(args)
+    bounds = parse_pair(args.bounds, "--bounds") if args.bounds is not None else None
+    labels = _parse_targets(args.target) if args.target is not None else None
+    shape = parse_shape(args.input_shape) if args.input_shape is not None else None
+    _check_method(args.method)
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        out = out.with_name(out.name + ".npy")
+
+    model = load_model(args.model)
+    param = next(iter(model.parameters()), None)
+    mdtype = param.dtype if param is not None else torch.get_default_dtype()
+    X = load_array(args.prior_data, "prior data") if args.prior_data is not None else None
+    chain = analyse_model(model, shape, X, "--prior-data")
+    in_shape, out_shape = chain.input_shape, chain.output_shape
+
+    target: Any
+    if labels is not None:
+        target = ClassTarget(labels, confidence=args.confidence)
+        target.check_classes(math.prod(out_shape))
+    else:
+        y = _read_outputs(args.outputs, out_shape)
+        target = torch.from_numpy(np.ascontiguousarray(y))
+        if not target.dtype.is_floating_point:
+            target = target.to(mdtype)
+    prior = _fit_prior(args, X, in_shape) if X is not None else None
+    # Images are drawn on the scale of the bounds or of the example inputs, if given.
+    value_range = bounds
+    if value_range is None and X is not None and float(X.min()) < float(X.max()):
+        value_range = (float(X.min()), float(X.max()))
+
+    method = _pick_method(args.method, bounds, chain, prior, target)
+    options: dict[str, Any] = {}
+    if bounds is not None:
+        options["bounds"] = bounds
+    if method == "optimize":
+        options["seed"] = args.seed
+    torch.manual_seed(args.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NNInvWarning)
+        inv = invert(model, target, method, prior, tol=args.tol, input_shape=in_shape, **options)
+    for w in caught:
+        if issubclass(w.category, NNInvWarning) and "did not converge" in str(w.message):
+            continue  # the summary says it
+        if issubclass(w.category, NNInvWarning):
+            print(f"nninv invert: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    x = inv.x.detach().to("cpu", mdtype).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, x)
+    figure = _save_figure(x, in_shape, out.with_suffix(".png"), inv.method, value_range)
+
+    n, n_ok = len(inv), int(inv.converged.sum())
+    rmax = float(inv.residual.max())
+    print(
+        f"method {inv.method}: {n} samples, {n_ok} converged, max residual {rmax:.3g} "
+        f"(tol {inv.info['tol']:g})"
+    )
+    if n_ok < n:
+        i, reason = next((i, r) for i, r in enumerate(inv.info["reasons"]) if r is not None)
+        print(f"{n - n_ok} of {n} did not converge; first, sample {i}: {reason}")
+    print(f"wrote {out} {x.shape} {x.dtype}")
+    if figure is not None:
+        print(f"wrote {figure}")
+    return 0 if n_ok == n else 1
