@@ -647,7 +647,7 @@ def test_torchscript_round_trip(tmp_path, how):
     path = tmp_path / "m.pt"
     torch.jit.save(saved, str(path))
     model = load_model(path)
-    assert isinstance(model, torch.jit.ScriptModule)
+    assert isinstance(model, nn.Sequential)  # rebuilt from the script module
     assert not model.training
     with torch.no_grad():
         assert torch.equal(model(x), module(x))
@@ -769,3 +769,222 @@ def test_unknown_format_lists_kinds(tmp_path):
         load_model(tmp_path / "notes.txt")
     with pytest.raises(NNInvError, match="directory"):
         load_model(tmp_path)
+
+
+# =========================================================================== TorchScript chains
+
+#: Tolerances for TorchScript chains: rebuilt vs script module outputs (float32), and
+#: the residual max |f(x) - y| a pinv round trip may leave (float64).
+TS_TOL = {"outputs": 1e-6, "pinv_residual": 1e-5}
+
+
+def _ts_seed() -> nn.Module:
+    return nn.Sequential(nn.Linear(784, 10), nn.Sigmoid())
+
+
+def _ts_leaky() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(12, 8), nn.LeakyReLU(0.2), nn.Sequential(nn.Linear(8, 5), nn.LeakyReLU(0.05))
+    )
+
+
+def _ts_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(48, 4)
+    )
+
+
+#: name: (builder, input shape, whether the shape must be saved, expected step types).
+TS_CHAINS = {
+    "seed": (_ts_seed, (784,), False, ["Affine", "Elementwise"]),
+    "leaky": (_ts_leaky, (12,), False, ["Affine", "Elementwise", "Affine", "Elementwise"]),
+    "cnn": (_ts_cnn, (1, 8, 8), True, ["Affine", "Elementwise", "Unsupported", "Affine"]),
+}
+
+
+def _save_ts(module: nn.Module, how: str, path: Path, shape: tuple[int, ...] | None) -> nn.Module:
+    """Script or trace ``module`` (with ``input_shape`` saved if ``shape``) to ``path``."""
+    module = module.eval()
+    if shape is not None:
+        if how == "script":
+            module.input_shape = shape  # a scripted attribute
+        else:  # tracing keeps buffers but no plain attributes
+            module.register_buffer("input_shape", torch.tensor(shape))
+    x = torch.randn(2, *(shape or (module[0].in_features,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        saved = torch.jit.script(module) if how == "script" else torch.jit.trace(module, x)
+        torch.jit.save(saved, str(path))
+    return saved
+
+
+def _ts_max_diff(a: nn.Module, b: nn.Module, shape: tuple[int, ...]) -> float:
+    x = torch.from_numpy(inputs(shape, n=5, seed=3))
+    with torch.no_grad():
+        return float((a(x) - b(x)).abs().max())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+@pytest.mark.parametrize("how", ["script", "trace"])
+@pytest.mark.parametrize("name", list(TS_CHAINS))
+def test_torchscript_chain_is_rebuilt(tmp_path, name, how):
+    from nninv._chain import analyse
+
+    make, shape, save_shape, steps = TS_CHAINS[name]
+    torch.manual_seed(0)
+    saved = _save_ts(make(), how, tmp_path / "m.pt", shape if save_shape else None)
+    model = load_model(tmp_path / "m.pt")
+    assert_standard_nested(model)
+    assert not model.training
+    assert getattr(model, "input_shape", None) == (shape if save_shape else None)
+    assert _ts_max_diff(model, saved, shape) <= TS_TOL["outputs"]
+    chain = analyse(model, shape)
+    assert [type(s).__name__ for s in chain.steps] == steps
+    assert all(type(layer.module) in STANDARD for layer in chain.layers)
+
+
+def assert_standard_nested(model: nn.Module) -> None:
+    """``model`` is an ``nn.Sequential`` whose leaves (through nested ones) are standard."""
+    assert isinstance(model, nn.Sequential)
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Sequential):
+            assert type(m) in STANDARD, f"{name}: {type(m).__name__}"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+@pytest.mark.parametrize("how", ["script", "trace"])
+@pytest.mark.parametrize("name", ["seed", "leaky"])
+def test_torchscript_chain_pinv_round_trip(tmp_path, name, how):
+    import nninv
+
+    make, shape, _, _ = TS_CHAINS[name]
+    torch.manual_seed(0)
+    saved = _save_ts(make(), how, tmp_path / "m.pt", None)
+    model = load_model(tmp_path / "m.pt").double()
+    x_true = torch.rand(4, *shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = saved.double()(x_true.double())
+    inv = nninv.invert(model, y, "pinv")
+    assert bool(inv.converged.all()), inv.info.get("reasons")
+    assert float(inv.residual.max()) <= TS_TOL["pinv_residual"]
+    with torch.no_grad():
+        assert float((model(inv.x) - y).abs().max()) <= TS_TOL["pinv_residual"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_traced_cnn_without_shape_stays_opaque(tmp_path):
+    torch.manual_seed(0)
+    module = _ts_cnn().eval()
+    x = torch.randn(2, 1, 8, 8)
+    torch.jit.save(torch.jit.trace(module, x), str(tmp_path / "m.pt"))
+    model = load_model(tmp_path / "m.pt")  # no saved shape, no leading Linear
+    assert isinstance(model, torch.jit.ScriptModule)
+    assert _ts_max_diff(model, module, (1, 8, 8)) <= TS_TOL["outputs"]
+
+
+class _Doubler(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x) * 2.0 + x
+
+
+class Linear(nn.Module):
+    """A user class that shares a torch.nn name (and attributes) but not the maths."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.randn(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T * 2.0 + self.bias
+
+
+class _SkipSequential(nn.Sequential):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for m in self:
+            h = m(h)
+        return h + x[:, :4]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Sequential(nn.Linear(6, 6), _Doubler(), nn.Linear(6, 4)),
+        lambda: nn.Sequential(Linear(6, 4), nn.Sigmoid()),
+        lambda: nn.Sequential(nn.Linear(6, 4), nn.Hardtanh()),
+        lambda: _SkipSequential(nn.Linear(6, 4), nn.Tanh()),
+        lambda: nn.Sequential(
+            nn.Linear(6, 6), nn.Sequential(nn.Tanh(), _Doubler()), nn.Linear(6, 4)
+        ),
+    ],
+    ids=[
+        "custom-child",
+        "lookalike-Linear",
+        "layer-not-in-table",
+        "Sequential-subclass",
+        "nested-custom",
+    ],
+)
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_non_chain_stays_opaque(tmp_path, make, how):
+    torch.manual_seed(0)
+    module = make().eval()
+    saved = _save_ts(module, how, tmp_path / "m.pt", None)
+    model = load_model(tmp_path / "m.pt")
+    assert isinstance(model, torch.jit.ScriptModule)
+    assert not model.training
+    assert _ts_max_diff(model, module, (6,)) <= TS_TOL["outputs"]
+    assert _ts_max_diff(model, saved, (6,)) == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_custom_module_stays_opaque(tmp_path):
+    from nninv._chain import analyse
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.tanh(self.a(x)) + x)
+
+    torch.manual_seed(0)
+    module = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(module), str(tmp_path / "m.pt"))
+    model = load_model(tmp_path / "m.pt")
+    assert isinstance(model, torch.jit.ScriptModule)
+    assert _ts_max_diff(model, module, (5,)) <= TS_TOL["outputs"]
+    with pytest.raises(NNInvError, match="not a chain of known layers"):
+        analyse(model, (5,)).require_closed_form("pinv")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_rebuild_that_differs_is_refused(tmp_path, monkeypatch, how):
+    from nninv.io import _torchscript
+
+    torch.manual_seed(0)
+    module = _ts_leaky().eval()
+    _save_ts(module, how, tmp_path / "m.pt", None)
+    assert isinstance(load_model(tmp_path / "m.pt"), nn.Sequential)
+    # a builder that reads the slope wrong: the output check must catch it
+    monkeypatch.setitem(_torchscript._BUILDERS, "LeakyReLU", lambda a, state: nn.LeakyReLU())
+    model = load_model(tmp_path / "m.pt")
+    assert isinstance(model, torch.jit.ScriptModule)
+    assert _ts_max_diff(model, module, (12,)) <= TS_TOL["outputs"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_saved_shape_is_kept(tmp_path):
+    torch.manual_seed(0)
+    _save_ts(_ts_seed(), "script", tmp_path / "m.pt", (784,))
+    model = load_model(tmp_path / "m.pt")
+    assert isinstance(model, nn.Sequential) and model.input_shape == (784,)
+    assert isinstance(model.input_shape, tuple)

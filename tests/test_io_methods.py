@@ -116,14 +116,7 @@ def seed_file(seed_files, kind: str) -> tuple[Path, Predict]:
     return seed_files[kind]
 
 
-#: TorchScript modules load, but the chain analysis does not see into them yet: closed
-#: forms refuse them ("not a chain of known layers") and only optimize takes them.
-_OPAQUE = pytest.mark.xfail(
-    raises=(nninv.NNInvError, AssertionError),
-    strict=True,
-    reason="TorchScript is opaque to the chain analysis",
-)
-KINDS = ["keras", "h5", "onnx", pytest.param("torchscript", marks=_OPAQUE)]
+KINDS = ["keras", "h5", "onnx", "torchscript"]
 
 
 @pytest.fixture(scope="module")

@@ -70,8 +70,13 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
         :class:`~nninv.layers.Reshape`, with an ``input_shape`` attribute
         (without the batch dimension) in the file's own layout: a
         channels-last Keras CNN takes ``(N, H, W, C)`` as Keras does. Module
-        names are the original layer (or node) names. TorchScript archives come
-        back as the loaded ``ScriptModule``.
+        names are the original layer (or node) names. A TorchScript archive of a
+        scripted or traced ``nn.Sequential`` (possibly nested) of standard layers
+        comes back as the same ``nn.Sequential`` of eager layers, accepted only if
+        it matches the script module within ``1e-6`` on random inputs of its saved
+        ``input_shape`` (kept as an attribute) or of a leading ``nn.Linear``; any
+        other TorchScript archive comes back as the loaded ``ScriptModule``, opaque
+        to the closed-form methods (``method="optimize"`` takes it).
 
     Raises
     ------
