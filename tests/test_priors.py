@@ -166,3 +166,13 @@ def test_constructor_validation():
         GaussianMixturePrior(
             torch.tensor([0.5, 0.6]), torch.zeros(2, 2), torch.eye(2).expand(2, 2, 2)
         )
+
+
+def test_ledoit_wolf_weight_matches_sklearn():
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    X = data(n=300, d=12)
+    Xc = X - X.mean(0)
+    ref = ledoit_wolf_shrinkage(Xc, assume_centered=True)
+    p = GaussianPrior.fit(X)
+    assert abs(p.shrinkage - ref) < 1e-12

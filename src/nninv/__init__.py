@@ -27,3 +27,8 @@ __all__ = [
     "load_model",
     "priors",
 ]
+
+from .closest import Closest, closest  # noqa: E402
+from .preimage import Preimage, preimage  # noqa: E402
+
+__all__ += ["Closest", "Preimage", "closest", "preimage"]

@@ -11,7 +11,7 @@ produce (1.5 through a sigmoid, negative through a softplus, NaN, inf) raise
 
 from __future__ import annotations
 
-__all__ = ["as_output", "check_range", "residual_of"]
+__all__ = ["as_output", "check_range", "class_shortfall", "output_kind", "residual_of"]
 
 import math
 import warnings
@@ -72,6 +72,8 @@ def check_range(y: Tensor, chain: Chain) -> tuple[Tensor, int]:
     moved = 0
     if isinstance(last, Elementwise):
         act = last.act
+        if bool(act.in_range(y).all()):
+            return y, 0
         ok = act.in_range(y)
         edge = torch.zeros_like(ok)
         if math.isfinite(act.lo) and not act.closed_lo:
@@ -145,36 +147,96 @@ def check_range(y: Tensor, chain: Chain) -> tuple[Tensor, int]:
     return y, moved
 
 
-def residual_of(target: Tensor | ClassTarget, out: Tensor) -> Tensor:
+def output_kind(chain: Chain | None) -> str:
+    """What a model's outputs are, from its last step.
+
+    ``"sigmoid"``, ``"softmax"``, ``"logsoftmax"``, or ``"logits"`` for anything
+    else (a linear last layer, another activation, an unanalysable model).
+    """
+    last = chain.steps[-1] if chain is not None and chain.steps else None
+    if isinstance(last, Shift):
+        return "logsoftmax" if last.log else "softmax"
+    if isinstance(last, Elementwise) and last.act.name == "sigmoid":
+        return "sigmoid"
+    return "logits"
+
+
+def residual_of(target: Tensor | ClassTarget, out: Tensor, chain: Chain | None = None) -> Tensor:
     """Per-sample residual of model outputs ``out`` against ``target``.
 
     For an exact target, ``max |out - y|``. For a :class:`ClassTarget`, the
-    shortfall: how far the class's score is from winning (or from the required
-    confidence); 0 when the target is met.
+    shortfall from the target (0 when met), see :func:`class_shortfall`;
+    ``chain`` tells what the outputs are (logits, probabilities, ...).
     """
     N = out.shape[0]
     if isinstance(target, ClassTarget):
-        return class_shortfall(target, out)
+        return class_shortfall(target, out, output_kind(chain) if chain is not None else None)
     return (out.reshape(N, -1) - target.reshape(N, -1)).abs().amax(1)
 
 
-def class_shortfall(target: ClassTarget, out: Tensor) -> Tensor:
+def class_shortfall(target: ClassTarget, out: Tensor, kind: str | None = None) -> Tensor:
     """Shortfall of outputs ``out`` (N, C) from a class target (0 when met).
 
-    Without a confidence: ``max(0, max_{j != c} out_j - out_c)``, so a tie
-    counts as met only when no other class is strictly larger. With a
-    confidence ``p``: ``max(0, p - prob_c)`` with ``prob`` the softmax of the
-    outputs (or the outputs themselves when they already are probabilities).
+    Parameters
+    ----------
+    target : ClassTarget
+    out : Tensor
+        Model outputs ``(N, C)``.
+    kind : {"logits", "softmax", "logsoftmax", "sigmoid"}, optional
+        What ``out`` holds (:func:`output_kind` reads it from the model). By
+        default: probabilities if every row is non-negative and sums to 1,
+        else logits.
+
+    Returns
+    -------
+    Tensor
+        ``(N,)``. Without a confidence: ``max(0, max_{j != c} out_j - out_c)``
+        in the outputs' own units, so a tie counts as met only when no other
+        class is strictly larger. With a confidence ``p``: in probability units,
+        ``max(0, p - prob_c, max_{j != c} prob_j - prob_c)``, where ``prob`` is
+        the softmax of logits (the outputs themselves after a softmax, their
+        exponential after a log-softmax, and each sigmoid output on its own).
+        ``1 - prob_c`` is computed without cancellation, so ``p = 1`` is met only
+        by a probability that is 1 in exact arithmetic (never, for finite logits).
+
+    Examples
+    --------
+    >>> z = torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> class_shortfall(ClassTarget([0, 0]), z)
+    tensor([0., 2.], dtype=torch.float64)
+    >>> class_shortfall(ClassTarget([0], confidence=1.0), z[:1], "logits") > 0
+    tensor([True])
     """
     out = out.reshape(out.shape[0], -1)
     labels = target.labels.to(out.device)
     if labels.numel() != out.shape[0]:
         raise NNInvError(f"ClassTarget has {labels.numel()} labels for {out.shape[0]} samples")
-    oc = out.gather(1, labels[:, None])[:, 0]
+    if kind is None:
+        is_prob = bool(((out >= 0) & (out <= 1)).all()) and bool(
+            (out.sum(1) - 1).abs().max() < 1e-3
+        )
+        kind = "softmax" if is_prob else "logits"
+    if kind not in ("logits", "softmax", "logsoftmax", "sigmoid"):
+        raise NNInvError(
+            f"kind must be 'logits', 'softmax', 'logsoftmax' or 'sigmoid', got {kind!r}"
+        )
+    lab = labels[:, None]
+    oc = out.gather(1, lab)[:, 0]
+    others = out.scatter(1, lab, -math.inf)
     if target.confidence is None:
-        other = out.scatter(1, labels[:, None], -math.inf).amax(1)
-        return (other - oc).clamp(min=0)
-    is_prob = bool(((out >= 0) & (out <= 1)).all()) and bool((out.sum(1) - 1).abs().max() < 1e-3)
-    prob = out if is_prob else torch.softmax(out, 1)
-    pc = prob.gather(1, labels[:, None])[:, 0]
-    return (target.confidence - pc).clamp(min=0)
+        return (others.amax(1) - oc).clamp(min=0)
+    p = target.confidence
+    if kind == "sigmoid":
+        prob, rest = out, 1 - oc
+    elif kind == "softmax":
+        prob = out
+        rest = out.scatter(1, lab, 0.0).sum(1)
+    else:
+        z = out
+        lse = torch.logsumexp(z, 1)
+        prob = torch.exp(z - lse[:, None])
+        rest = torch.exp(torch.logsumexp(z.scatter(1, lab, -math.inf), 1) - lse)
+    pc = prob.gather(1, lab)[:, 0]
+    other_p = prob.scatter(1, lab, -math.inf).amax(1)
+    short = rest - (1 - p)
+    return torch.maximum(short, other_p - pc).clamp(min=0)

@@ -150,7 +150,7 @@ def invert(
             raise AssertionError(f"method {method!r} returned shape {tuple(x.shape)}")
         with torch.no_grad():
             out = model(x.to(mdtype))
-        residual = residual_of(tgt, out.to(dtype)).to(dtype)
+        residual = residual_of(tgt, out.to(dtype), chain).to(dtype)
         ok = torch.isfinite(residual) & (residual <= tol)
         reasons: list[str | None] = list(sol.reasons) if sol.reasons else [None] * len(x)
         if sol.ok is not None:

@@ -1,0 +1,527 @@
+"""``nninv.closest``: the nearest input that a model puts in a given class.
+
+For a classifier this is an adversarial example with a certificate: the
+returned ``x`` is in the target class (checked by running the model in
+float64) and ``bound`` is a proven lower bound on the distance of every input
+in that class, so no smaller perturbation exists.
+
+How each case is solved
+-----------------------
+- ReLU and leaky-ReLU networks, ``norm="linf"`` or ``"l1"``: exactly, by a
+  mixed-integer linear program (HiGHS via :func:`scipy.optimize.milp`): one
+  binary per unstable neuron, big-M constants from interval bounds tightened
+  by LPs (:mod:`nninv._milp`). The MILP's point is then polished inside its
+  activation region by one LP that asks the class to win by a small
+  ``margin``, so that the model confirms it despite the solver's tolerances.
+  ``bound`` is HiGHS's dual bound for the problem without margin.
+- One affine layer followed by increasing activations or a softmax (the
+  seed's model): the class region is a polytope; ``linf`` and ``l1`` are
+  LPs and ``l2`` is the exact projection QP of :mod:`nninv._polytope`.
+- ``norm="l2"`` on deeper ReLU networks: the MILP would be quadratic, which
+  HiGHS does not solve. ``bound`` is the exact ``linf`` distance (proven,
+  since ``|v|_2 >= |v|_inf``); ``x`` is the best of the exact projection onto
+  the class inside the activation region of the ``linf`` optimum and a
+  projected-gradient search; status ``"heuristic"``.
+- Any other differentiable network: projected gradient descent with a
+  bisection on the radius; status ``"heuristic"`` and ``bound`` 0.
+
+Ties: an input is in class ``c`` when no other logit is strictly larger, as
+in :func:`nninv.invert`; the returned ``x`` in fact wins by ``info["margin"]``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Closest", "closest"]
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import LinearConstraint, milp
+from torch import Tensor, nn
+
+from ._chain import Affine, analyse, eval_mode
+from ._errors import NNInvError
+from ._milp import PLNet, encode, ideal_cuts, interval_bounds, region_lp, region_polytope, tighten
+from ._polytope import Polyhedron, one_thread
+from ._target import class_shortfall
+from .preimage import as_bounds, as_input, float64_copy, peel_class_steps, pl_slope
+from .targets import ClassTarget
+
+_F64 = torch.float64
+NORMS = ("linf", "l1", "l2")
+STATUSES = ("optimal", "infeasible", "time_limit", "heuristic")
+
+
+@dataclass(frozen=True)
+class Closest:
+    """The nearest input of a class, and what is proven about it.
+
+    Attributes
+    ----------
+    x : Tensor or None
+        ``(1, *input_shape)`` float64, in the target class (checked by running
+        the model), or None when no input of the class lies within
+        ``max_distance`` (status ``"infeasible"``) or none was found.
+    distance : float
+        ``|x - x0|`` in the chosen norm (``inf`` when ``x`` is None).
+    status : str
+        ``"optimal"`` (``distance`` is the minimum, up to the solver's gap and
+        the margin), ``"infeasible"`` (proven: nothing within
+        ``max_distance``), ``"time_limit"`` (best found when time ran out) or
+        ``"heuristic"`` (no optimality proof).
+    bound : float
+        A proven lower bound on the distance to any input of the class
+        (``>= max_distance`` when infeasible; 0 when nothing is proven).
+    norm : str
+    label : int
+        The target class.
+    info : dict
+        ``"margin"``, ``"seconds"``, ``"n_binaries"``, ``"n_unstable"``,
+        ``"nodes"``, ``"lp_tightened"``, ``"method"``, ...
+    """
+
+    x: Tensor | None
+    distance: float
+    status: str
+    bound: float
+    norm: str
+    label: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"Closest(status={self.status!r}, norm={self.norm!r}, label={self.label}, "
+            f"distance={self.distance:.6g}, bound={self.bound:.6g})"
+        )
+
+
+def _dist(v: np.ndarray, norm: str) -> float:
+    if norm == "linf":
+        return float(np.abs(v).max()) if v.size else 0.0
+    if norm == "l1":
+        return float(np.abs(v).sum())
+    return float(np.linalg.norm(v))
+
+
+class _Checker:
+    """Runs the float64 model on flat inputs and says whether class ``c`` wins."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], label: int):
+        self.model, self.shape, self.label = model, input_shape, label
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(np.atleast_2d(x)).reshape(-1, *self.shape))
+        return out.reshape(out.shape[0], -1).numpy()
+
+    def ok(self, x: np.ndarray) -> bool:
+        out = torch.from_numpy(self.logits(x))
+        return bool(class_shortfall(ClassTarget([self.label]), out)[0] == 0)
+
+
+def closest(
+    model: nn.Module,
+    x: Any,
+    target: ClassTarget,
+    norm: str = "linf",
+    max_distance: float | None = None,
+    time_limit: float = 60.0,
+    *,
+    bounds: Any = (0.0, 1.0),
+    input_shape: Sequence[int] | None = None,
+    seed: int = 0,
+) -> Closest:
+    """The input nearest to ``x`` that ``model`` puts in the target class.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier (logits, probabilities or log-probabilities).
+    x : Tensor
+        One input, ``(*input_shape)`` or ``(1, *input_shape)``.
+    target : ClassTarget
+        One class, without confidence.
+    norm : {"linf", "l1", "l2"}
+    max_distance : float, optional
+        Search only within this distance; smaller radii make the MILP much
+        faster (the big-M bounds shrink with the box).
+    time_limit : float
+        Seconds for the solver (HiGHS's own limit on the MILP).
+    bounds : (lo, hi) or None
+        The valid input domain; ``(0, 1)`` by default, for images. None means
+        unbounded, which the exact MILP accepts only with ``max_distance``.
+    input_shape : sequence of int, optional
+    seed : int
+        Seeds the gradient search used by the heuristic cases.
+
+    Returns
+    -------
+    Closest
+
+    Raises
+    ------
+    NNInvError
+        For an unknown norm, a target that is not a single-label ClassTarget,
+        an ``x`` of the wrong shape or outside ``bounds``, or a negative
+        ``max_distance``.
+
+    Examples
+    --------
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> f = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    >>> x0 = torch.rand(1, 4, dtype=torch.float64)
+    >>> c = int(f(x0).topk(2).indices[0, 1])  # the runner-up class
+    >>> res = closest(f, x0, ClassTarget(c), norm="linf")
+    >>> res.status, int(f(res.x).argmax()) == c, res.distance >= res.bound - 1e-9
+    ('optimal', True, True)
+    """
+    t0 = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise NNInvError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if norm not in NORMS:
+        raise NNInvError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+    if not isinstance(target, ClassTarget):
+        raise NNInvError(
+            f"closest() needs a ClassTarget, got {type(target).__name__}; for an exact "
+            "output use preimage(...).project(x)"
+        )
+    if len(target) != 1 or target.confidence is not None:
+        raise NNInvError("closest() needs a ClassTarget with one label and no confidence")
+    if max_distance is not None:
+        max_distance = float(max_distance)
+        if not max_distance >= 0 or math.isinf(max_distance):
+            raise NNInvError(f"max_distance must be finite and >= 0, got {max_distance}")
+    if not time_limit > 0:
+        raise NNInvError(f"time_limit must be positive, got {time_limit}")
+    with eval_mode(model):
+        chain0 = analyse(model, input_shape)
+    model64 = float64_copy(model)
+    chain = analyse(model64, chain0.input_shape)
+    in_shape = chain.input_shape
+    target.check_classes(chain.n_out)
+    label = int(target.labels[0])
+    x0t = as_input(x, in_shape)
+    if x0t.shape[0] != 1:
+        raise NNInvError(f"closest() takes one input, got {x0t.shape[0]}; call it per input")
+    x0 = x0t[0].numpy()
+    lo_t, hi_t = as_bounds(bounds, in_shape)
+    lo, hi = lo_t.numpy(), hi_t.numpy()
+    if np.any(x0 < lo - 1e-12) or np.any(x0 > hi + 1e-12):
+        i = int(np.nonzero((x0 < lo - 1e-12) | (x0 > hi + 1e-12))[0][0])
+        raise NNInvError(
+            f"x lies outside bounds at input {i} ({x0[i]} not in [{lo[i]}, {hi[i]}]); "
+            "pass bounds=None or bounds that contain x"
+        )
+    check = _Checker(model64, in_shape, label)
+    common = {"norm": norm, "label": label}
+
+    def done(xv: np.ndarray | None, status: str, bound: float, info: dict) -> Closest:
+        info["seconds"] = time.perf_counter() - t0
+        if xv is None:
+            return Closest(None, math.inf, status, bound, info=info, **common)
+        if not check.ok(xv):
+            raise AssertionError("an unverified input reached the result")
+        d = _dist(xv - x0, norm)
+        info["logits"] = check.logits(xv)[0]
+        return Closest(
+            torch.from_numpy(xv.copy()).reshape(1, *in_shape), d, status, min(bound, d), info=info, **common
+        )
+
+    if check.ok(x0):
+        return done(x0.copy(), "optimal", 0.0, {"method": "already in class", "margin": 0.0})
+    blo, bhi = lo.copy(), hi.copy()
+    if max_distance is not None:
+        blo, bhi = np.maximum(lo, x0 - max_distance), np.minimum(hi, x0 + max_distance)
+    core = peel_class_steps(list(chain.steps))
+    pl = all(isinstance(s, Affine) or pl_slope(s) is not None for s in core)
+    pl = pl and all(pl_slope(s) is None or 0.0 <= pl_slope(s) < 1.0 for s in core)
+    finite = bool(np.isfinite(blo).all() and np.isfinite(bhi).all())
+    if pl and (finite or len(core) == 1):
+        net = PLNet.from_steps(core, chain.n_in, pl_slope)
+        deadline = t0 + time_limit
+        if norm == "l2":
+            return _l2(net, check, x0, blo, bhi, label, max_distance, deadline, done, model64, in_shape, seed)
+        return _exact(net, check, x0, blo, bhi, norm, label, max_distance, deadline, done, model64, in_shape, seed)
+    if pl and not finite:
+        raise NNInvError(
+            "the exact MILP needs a bounded domain: pass finite bounds=(lo, hi) or max_distance"
+        )
+    xv, info = _attack(model64, in_shape, x0, label, norm, lo, hi, max_distance, t0 + time_limit, seed)
+    info["method"] = "pgd"
+    return done(xv, "heuristic", 0.0, info)
+
+
+def _lp_margin_scale(net: PLNet, x0: np.ndarray) -> float:
+    return max(1.0, float(np.abs(net.forward(x0[None])).max()))
+
+
+def _exact(net, check, x0, lo, hi, norm, label, max_distance, deadline, done, model64, in_shape, seed):  # type: ignore[no-untyped-def]
+    """MILP (or LP for no hidden layer) for linf/l1, then a verified polish."""
+    info: dict[str, Any] = {"method": "milp" if net.slopes else "lp"}
+    radius = max_distance
+    x_pgd = None
+    if net.slopes:
+        # A verified input from a quick gradient search bounds the optimum from above,
+        # so the search can be restricted to that radius without losing it; the box
+        # shrinks, fewer neurons are unstable and every big-M constant tightens.
+        budget = time.perf_counter() + 0.1 * max(0.0, deadline - time.perf_counter())
+        x_pgd, _ = _attack(model64, in_shape, x0, label, norm, lo, hi, max_distance, budget, seed, steps=50, restarts=4, rounds=8)
+        if x_pgd is not None:
+            d_ub = _dist(x_pgd - x0, norm)
+            info["pgd_distance"] = d_ub
+            if radius is None or d_ub < radius:
+                radius = d_ub * (1 + 1e-9) + 1e-12
+                lo = np.maximum(lo, x0 - radius)
+                hi = np.minimum(hi, x0 + radius)
+    bounds = interval_bounds(net, lo, hi)
+    n_unst = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds]
+    info["n_unstable_interval"] = n_unst
+    if net.slopes:
+        budget = time.perf_counter() + 0.4 * max(0.0, deadline - time.perf_counter())
+        relu = all(a == 0.0 for a in net.slopes)
+        bounds, n_lp, empty = tighten(net, bounds, lo, hi, label, budget, cuts=relu)
+        info["lp_tightened"] = n_lp
+        if empty:
+            # the LP relaxation has no input of the class in the box: neither has the MILP
+            bound = max_distance if max_distance is not None else math.inf
+            if x_pgd is not None:
+                info["note"] = "relaxation infeasible at the radius of a verified input"
+                return done(x_pgd, "heuristic", 0.0, info)
+            return done(None, "infeasible", bound, info)
+    info["n_unstable"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds]
+    enc = encode(net, bounds, lo, hi, x0=x0, norm=norm, label=label, max_distance=radius)
+    info["n_binaries"] = enc.info["n_binaries"]
+    constraints = [enc.constraints()]
+    if enc.info["n_binaries"]:
+        budget = time.perf_counter() + 0.2 * max(0.0, deadline - time.perf_counter())
+        C, ub, rounds = ideal_cuts(enc, budget)
+        info["n_cuts"], info["cut_rounds"] = int(C.shape[0]), rounds
+        if C.shape[0]:
+            constraints.append(LinearConstraint(C, -np.inf, ub))
+    left = max(1.0, deadline - time.perf_counter())
+    res = milp(
+        enc.c,
+        integrality=enc.integrality,
+        bounds=enc.bounds(),
+        constraints=constraints,
+        options={"time_limit": left, "mip_rel_gap": 1e-6, "disp": False},
+    )
+    info["nodes"] = int(getattr(res, "mip_node_count", 0) or 0)
+    info["solver_status"] = res.message
+    if res.status == 2:
+        if x_pgd is not None:
+            # only rounding can make the radius of a verified input infeasible
+            info["note"] = "MILP infeasible at the radius of a verified input; returning it"
+            return done(x_pgd, "heuristic", 0.0, info)
+        bound = max_distance if max_distance is not None else math.inf
+        return done(None, "infeasible", bound, info)
+    if res.x is None:
+        if res.status == 1:  # time limit without an incumbent of HiGHS's own
+            dual = getattr(res, "mip_dual_bound", None)
+            bound = float(dual) if dual is not None and np.isfinite(dual) else 0.0
+            return done(x_pgd, "time_limit", max(bound, 0.0), info)
+        raise NNInvError(f"the MILP failed: {res.message}")
+    status = "optimal" if res.status == 0 else "time_limit"
+    dual = getattr(res, "mip_dual_bound", None)
+    bound = float(res.fun) if dual is None or not np.isfinite(dual) else min(float(res.fun), float(dual))
+    bound = max(0.0, bound)
+    v = res.x
+    n = x0.size
+    patterns = []
+    for k, (J, cols) in enumerate(enc.delta_index):
+        l, u = bounds[k]
+        on = l >= 0
+        on[J] = v[cols] > 0.5
+        patterns.append(on)
+    # the pattern of the network at the MILP's x, in case rounding put it elsewhere
+    alt, h = [], v[:n]
+    for W, b, a in zip(net.Ws[:-1], net.bs[:-1], net.slopes):
+        z = W @ h + b
+        alt.append(z >= 0)
+        h = np.where(z >= 0, z, a * z)
+    x, margin = _polish(net, check, [patterns, alt], bounds, lo, hi, x0, norm, label)
+    if x is None and check.ok(np.clip(v[:n], lo, hi)):
+        x, margin = np.clip(v[:n], lo, hi), 0.0
+    info["margin"] = margin
+    if x is not None and x_pgd is not None and _dist(x_pgd - x0, norm) < _dist(x - x0, norm):
+        x = x_pgd  # only within the solver's gap
+    if x is None:
+        return done(x_pgd, "heuristic", bound, info)
+    return done(x, status, bound, info)
+
+
+def _polish(net, check, patterns, bounds, lo, hi, x0, norm, label):  # type: ignore[no-untyped-def]
+    """Re-solve inside the region with the class winning by a growing margin until the
+    model confirms it."""
+    scale = _lp_margin_scale(net, x0)
+    for pattern in patterns:
+        margin = 1e-9 * scale
+        while margin <= 1e-3 * scale:
+            x, _ = region_lp(net, pattern, bounds, lo, hi, x0, norm, label, margin)
+            if x is None:
+                break
+            if check.ok(x):
+                return x, margin
+            margin *= 10
+    return None, 0.0
+
+
+def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in_shape, seed):  # type: ignore[no-untyped-def]
+    scale = _lp_margin_scale(net, x0)
+    if not net.slopes:
+        # one affine layer: the class is a polytope and the projection QP is exact
+        for margin in (1e-9 * scale, 1e-7 * scale, 1e-5 * scale, 1e-3 * scale):
+            G, g = region_polytope(net, [], [], label, margin)
+            poly, _ = Polyhedron.from_constraints(
+                None, None, torch.from_numpy(G), torch.from_numpy(g), torch.from_numpy(lo), torch.from_numpy(hi)
+            )
+            centre, _ = poly.centre()
+            if centre is None:
+                bound = max_distance if max_distance is not None else math.inf
+                return done(None, "infeasible", bound, {"method": "qp"})
+            res = poly.project(torch.from_numpy(x0))
+            x = res.x.numpy()
+            if check.ok(x):
+                info = {"method": "qp", "margin": margin, "kkt": res.kkt}
+                d = _dist(x - x0, "l2")
+                if max_distance is not None and d > max_distance:
+                    return done(None, "infeasible", max_distance, info)
+                return done(x, "optimal", d, info)
+        raise NNInvError("the projection onto the class polytope could not be verified by the model")
+    # deeper ReLU nets: the exact linf distance bounds the l2 distance from below
+    ex = _exact(net, check, x0, lo, hi, "linf", label, max_distance, deadline, lambda *a: a, model64, in_shape, seed)
+    xv, status, bound, info = ex
+    info = dict(info)
+    info["method"] = "linf-milp bound + region QP + pgd"
+    if status == "infeasible":
+        return done(None, "infeasible", bound, info)
+    cands = []
+    if xv is not None:
+        pattern = []
+        h = xv
+        for W, b, a in zip(net.Ws[:-1], net.bs[:-1], net.slopes):
+            z = W @ h + b
+            pattern.append(z >= 0)
+            h = np.where(z >= 0, z, a * z)
+        bounds = interval_bounds(net, lo, hi)
+        for margin in (1e-9 * scale, 1e-6 * scale, 1e-3 * scale):
+            G, g = region_polytope(net, pattern, bounds, label, margin)
+            poly, _ = Polyhedron.from_constraints(
+                None, None, torch.from_numpy(G), torch.from_numpy(g), torch.from_numpy(lo), torch.from_numpy(hi)
+            )
+            if poly.centre()[0] is None:
+                continue
+            x = poly.project(torch.from_numpy(x0)).x.numpy()
+            if check.ok(x):
+                cands.append(x)
+                break
+        cands.append(xv)
+    xa, ia = _attack(model64, in_shape, x0, label, "l2", lo, hi, max_distance, deadline, seed)
+    if xa is not None:
+        cands.append(xa)
+    info["pgd_found"] = xa is not None
+    if not cands:
+        return done(None, "heuristic", bound, info)
+    best = min(cands, key=lambda v: _dist(v - x0, "l2"))
+    return done(best, "heuristic", bound, info)
+
+
+# --- the gradient search ---------------------------------------------------------------
+
+
+def _project_ball(v: Tensor, eps: float, norm: str) -> Tensor:
+    if norm == "linf":
+        return v.clamp(-eps, eps)
+    if norm == "l2":
+        nrm = v.norm(dim=1, keepdim=True).clamp(min=1e-300)
+        return v * (eps / nrm).clamp(max=1.0)
+    # l1: Duchi et al. (2008), sort-based projection onto the l1 ball
+    a = v.abs()
+    out = v.clone()
+    over = a.sum(1) > eps
+    if bool(over.any()):
+        u, _ = a[over].sort(1, descending=True)
+        css = u.cumsum(1)
+        k = torch.arange(1, u.shape[1] + 1, dtype=v.dtype)
+        cond = u - (css - eps) / k > 0
+        rho = cond.to(torch.long).cumsum(1).argmax(1)
+        theta = (css.gather(1, rho[:, None])[:, 0] - eps) / (rho + 1).to(v.dtype)
+        out[over] = v[over].sign() * (a[over] - theta[:, None]).clamp(min=0)
+    return out
+
+
+def _pgd(model, in_shape, x0, label, norm, lo, hi, eps, steps, restarts, gen):  # type: ignore[no-untyped-def]
+    """Targeted PGD within the ``eps`` ball and the box; returns a verified input or None."""
+    n = x0.numel()
+    X0 = x0.expand(restarts, n)
+    delta = torch.zeros(restarts, n, dtype=_F64)
+    if restarts > 1:
+        delta[1:] = _project_ball((torch.rand(restarts - 1, n, generator=gen, dtype=_F64) * 2 - 1) * eps, eps, norm)
+    delta = (torch.clamp(X0 + delta, lo, hi) - X0).requires_grad_(True)
+    step = 2.5 * eps / steps
+    best = None
+    for _ in range(steps):
+        out = model((X0 + delta).reshape(-1, *in_shape)).reshape(restarts, -1)
+        other = out.clone()
+        other[:, label] = -math.inf
+        loss = (other.amax(1) - out[:, label]).clamp(min=-1e-3)
+        won = (other.amax(1) - out[:, label]) < 0
+        if bool(won.any()):
+            best = (X0 + delta)[won.nonzero()[0, 0]].detach().clone()
+            break
+        (g,) = torch.autograd.grad(loss.sum(), delta)
+        with torch.no_grad():
+            if norm == "linf":
+                d = delta - step * g.sign()
+            elif norm == "l2":
+                d = delta - step * g / g.norm(dim=1, keepdim=True).clamp(min=1e-300)
+            else:
+                # steepest l1 descent: move the coordinates with the largest gradient
+                k = max(1, n // 50)
+                top = g.abs().topk(k, dim=1).indices
+                upd = torch.zeros_like(g).scatter(1, top, g.gather(1, top).sign())
+                d = delta - step * upd * (n / k) ** 0.5
+            d = _project_ball(d, eps, norm)
+            d = torch.clamp(X0 + d, lo, hi) - X0
+        delta = d.requires_grad_(True)
+    return best
+
+
+def _attack(model64, in_shape, x0, label, norm, lo, hi, max_distance, deadline, seed, steps=100, restarts=4, rounds=12):  # type: ignore[no-untyped-def]
+    """Smallest radius at which PGD reaches the class, by bisection; ``(x or None, info)``."""
+    with one_thread():
+        return _bisect(model64, in_shape, x0, label, norm, lo, hi, max_distance, deadline, seed, steps, restarts, rounds)
+
+
+def _bisect(model64, in_shape, x0, label, norm, lo, hi, max_distance, deadline, seed, steps, restarts, rounds):  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(seed)
+    x0t = torch.from_numpy(np.asarray(x0, dtype=np.float64))
+    lo_t, hi_t = torch.from_numpy(np.asarray(lo)), torch.from_numpy(np.asarray(hi))
+    check = _Checker(model64, in_shape, label)
+    if max_distance is not None:
+        top = max_distance
+    else:
+        span = torch.where(torch.isfinite(hi_t - lo_t), hi_t - lo_t, torch.ones_like(lo_t) * 10)
+        top = float(_dist(span.numpy(), norm))
+    best = None
+    x = _pgd(model64, in_shape, x0t, label, norm, lo_t, hi_t, top, steps, restarts, gen)
+    if x is not None and check.ok(x.numpy()):
+        best = x.numpy()
+        hi_r, lo_r = min(top, _dist(best - x0, norm)), 0.0
+        for _ in range(rounds):
+            if time.perf_counter() > deadline:
+                break
+            mid = 0.5 * (lo_r + hi_r)
+            x = _pgd(model64, in_shape, x0t, label, norm, lo_t, hi_t, mid, steps, restarts, gen)
+            if x is not None and check.ok(x.numpy()):
+                best = x.numpy()
+                hi_r = min(mid, _dist(best - x0, norm))
+            else:
+                lo_r = mid
+    return best, {"pgd_steps": steps, "pgd_restarts": restarts}

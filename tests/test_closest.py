@@ -1,0 +1,262 @@
+"""Tests of nninv.closest: exactness against brute force, status and bound semantics, errors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import OptimizeResult, linprog
+from torch import nn
+
+import nninv
+from nninv import ClassTarget, Closest, NNInvError, closest
+
+D = torch.float64
+#: Tolerances: agreement with brute force, and the margin the class wins by.
+TOL = {"distance": 1e-6, "bound": 1e-9}
+
+
+def mlp(widths, seed=0, slope=0.0, gain=1.0):
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        with torch.no_grad():
+            layers[-1].weight.mul_(gain)
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU() if slope == 0 else nn.LeakyReLU(slope))
+    return nn.Sequential(*layers).to(D)
+
+
+def runner_up(f, x):
+    with torch.no_grad():
+        return int(f(x.reshape(1, -1)).argsort(descending=True)[0, 1])
+
+
+def brute_force(f, x0, c, norm, slope=0.0):
+    """Minimum distance over all activation patterns, one LP per pattern (x in [0, 1]^n)."""
+    Ws = [m.weight.detach().numpy() for m in f if isinstance(m, nn.Linear)]
+    bs = [m.bias.detach().numpy() for m in f if isinstance(m, nn.Linear)]
+    n = Ws[0].shape[1]
+    sizes = [W.shape[0] for W in Ws[:-1]]
+    best = math.inf
+    for pat in itertools.product([False, True], repeat=sum(sizes)):
+        pat = np.array(pat)
+        M, m0, G, g, i = np.eye(n), np.zeros(n), [], [], 0
+        for W, b, k in zip(Ws[:-1], bs[:-1], sizes):
+            Z, z0 = W @ M, W @ m0 + b
+            on = pat[i : i + k]
+            i += k
+            s = np.where(on, -1.0, 1.0)
+            G.append(s[:, None] * Z)
+            g.append(-s * z0)
+            d = np.where(on, 1.0, slope)
+            M, m0 = d[:, None] * Z, d * z0
+        Z, z0 = Ws[-1] @ M, Ws[-1] @ m0 + bs[-1]
+        others = [j for j in range(Z.shape[0]) if j != c]
+        G.append(Z[others] - Z[c])
+        g.append(z0[c] - z0[others])
+        G, g = np.vstack(G), np.concatenate(g)
+        k = 1 if norm == "linf" else n
+        A = np.vstack(
+            [
+                np.hstack([G, np.zeros((len(g), k))]),
+                np.hstack([np.eye(n), -np.ones((n, 1)) if k == 1 else -np.eye(n)]),
+                np.hstack([-np.eye(n), -np.ones((n, 1)) if k == 1 else -np.eye(n)]),
+            ]
+        )
+        res = linprog(
+            np.r_[np.zeros(n), np.ones(k)],
+            A_ub=A,
+            b_ub=np.r_[g, x0, -x0],
+            bounds=[(0, 1)] * n + [(0, None)] * k,
+            method="highs",
+        )
+        if res.status == 0:
+            best = min(best, res.fun)
+    return best
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+@pytest.mark.parametrize(
+    "widths, slope, gain",
+    [([2, 3, 2], 0.0, 1.0), ([3, 4, 3], 0.0, 1.0), ([3, 4, 4, 3], 0.0, 3.0), ([3, 4, 3], 0.1, 1.0)],
+)
+def test_milp_agrees_with_brute_force(widths, slope, gain, norm):
+    n_opt = 0
+    for seed in range(4):
+        f = mlp(widths, seed, slope, gain)
+        x0 = torch.rand(widths[0], generator=torch.Generator().manual_seed(seed), dtype=D)
+        with torch.no_grad():
+            top = int(f(x0[None]).argmax())
+        for c in (j for j in range(widths[-1]) if j != top):
+            res = closest(f, x0, ClassTarget(c), norm=norm)
+            bf = brute_force(f, x0.numpy(), c, norm, slope)
+            if math.isinf(bf):
+                assert res.status == "infeasible" and res.x is None and res.distance == math.inf
+                continue
+            n_opt += 1
+            assert res.status == "optimal"
+            assert abs(res.distance - bf) <= TOL["distance"]
+            assert res.bound <= res.distance + TOL["bound"]
+            assert res.distance - res.bound <= TOL["distance"]
+            with torch.no_grad():
+                out = f(res.x)[0]
+            assert int(out.argmax()) == c  # checked by running the model
+            assert bool(((res.x >= 0) & (res.x <= 1)).all())
+            v = (res.x[0] - x0).abs()
+            assert res.distance == pytest.approx(float(v.max() if norm == "linf" else v.sum()))
+    assert n_opt >= 2  # the comparison is not vacuous
+
+
+def test_max_distance_semantics():
+    f = mlp([4, 6, 3], seed=1)
+    x0 = torch.rand(4, generator=torch.Generator().manual_seed(1), dtype=D)
+    c = runner_up(f, x0)
+    free = closest(f, x0, ClassTarget(c))
+    assert free.status == "optimal"
+    d = free.distance
+    near = closest(f, x0, ClassTarget(c), max_distance=0.5 * d)
+    assert near.status == "infeasible" and near.x is None and near.distance == math.inf
+    assert near.bound == 0.5 * d
+    far = closest(f, x0, ClassTarget(c), max_distance=2 * d)
+    assert far.status == "optimal" and far.distance == pytest.approx(d, abs=TOL["distance"])
+
+
+def test_input_already_in_the_class():
+    f = mlp([4, 6, 3])
+    x0 = torch.rand(1, 4, dtype=D)
+    c = int(f(x0).argmax())
+    res = closest(f, x0, ClassTarget(c))
+    assert isinstance(res, Closest)
+    assert res.status == "optimal" and res.distance == 0 and res.bound == 0
+    assert torch.equal(res.x, x0)
+
+
+def seed_like(n=30, m=4, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(n, m), nn.Sigmoid()).to(D)
+
+
+def test_single_layer_sigmoid_is_exact_in_every_norm():
+    clarabel = pytest.importorskip("clarabel")
+    import scipy.sparse as sp
+
+    f = seed_like()
+    x0 = torch.rand(30, generator=torch.Generator().manual_seed(3), dtype=D)
+    c = runner_up(f, x0)
+    W, b = f[0].weight.detach().numpy(), f[0].bias.detach().numpy()
+    others = [j for j in range(4) if j != c]
+    G, g = W[others] - W[c], b[c] - b[others]
+    for norm in ("linf", "l1"):
+        res = closest(f, x0, ClassTarget(c), norm=norm)
+        assert res.status == "optimal" and res.info["method"] == "lp"
+        k = 1 if norm == "linf" else 30
+        I = np.eye(30)
+        A = np.vstack(
+            [
+                np.hstack([G, np.zeros((3, k))]),
+                np.hstack([I, -np.ones((30, 1)) if k == 1 else -I]),
+                np.hstack([-I, -np.ones((30, 1)) if k == 1 else -I]),
+            ]
+        )
+        x0n = x0.numpy()
+        lp = linprog(np.r_[np.zeros(30), np.ones(k)], A_ub=A, b_ub=np.r_[g, x0n, -x0n], bounds=[(0, 1)] * 30 + [(0, None)] * k)
+        assert res.distance == pytest.approx(lp.fun, abs=TOL["distance"])
+    res = closest(f, x0, ClassTarget(c), norm="l2")
+    assert res.status == "optimal" and res.info["method"] == "qp"
+    M = sp.vstack([sp.csc_matrix(G), sp.eye(30), -sp.eye(30)]).tocsc()
+    s = clarabel.DefaultSettings()
+    s.verbose = False
+    sol = clarabel.DefaultSolver(
+        sp.eye(30).tocsc(),
+        -x0.numpy(),
+        M,
+        np.r_[g, np.ones(30), np.zeros(30)],
+        [clarabel.NonnegativeConeT(3 + 60)],
+        s,
+    ).solve()
+    assert res.distance == pytest.approx(np.linalg.norm(np.array(sol.x) - x0.numpy()), abs=TOL["distance"])
+
+
+def test_l2_on_relu_nets_is_a_heuristic_with_the_linf_bound():
+    for seed in range(10):
+        f = mlp([5, 8, 3], seed=seed)
+        x0 = torch.rand(5, generator=torch.Generator().manual_seed(seed), dtype=D)
+        c = runner_up(f, x0)
+        linf = closest(f, x0, ClassTarget(c), norm="linf")
+        if linf.status == "optimal" and linf.distance > 0:
+            break
+    res = closest(f, x0, ClassTarget(c), norm="l2")
+    assert res.status == "heuristic"
+    assert res.bound == pytest.approx(linf.bound) and res.bound <= res.distance
+    assert int(f(res.x).argmax()) == c
+
+
+def test_smooth_networks_get_a_verified_heuristic():
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(D)
+    x0 = torch.full((6,), 0.5, dtype=D)
+    c = runner_up(f, x0)
+    res = closest(f, x0, ClassTarget(c), norm="linf")
+    assert res.status == "heuristic" and res.bound == 0.0
+    assert res.x is not None and int(f(res.x).argmax()) == c
+
+
+def test_time_limit_returns_the_incumbent_and_the_dual_bound(monkeypatch):
+    mod = sys.modules["nninv.closest"]
+    real = mod.milp
+
+    def stopped(*args, **kwargs):
+        res = real(*args, **kwargs)
+        return OptimizeResult(
+            status=1,
+            x=res.x,
+            fun=res.fun,
+            mip_dual_bound=0.5 * res.fun,
+            mip_node_count=7,
+            message="Time limit reached",
+        )
+
+    monkeypatch.setattr(mod, "milp", stopped)
+    for seed in range(10):
+        f = mlp([3, 4, 3], seed=seed)
+        x0 = torch.rand(3, generator=torch.Generator().manual_seed(seed), dtype=D)
+        c = runner_up(f, x0)
+        res = closest(f, x0, ClassTarget(c))
+        if res.x is not None and res.distance > 0:
+            break
+    assert res.status == "time_limit"
+    assert res.bound == pytest.approx(0.5 * res.distance, rel=1e-6)
+    assert int(f(res.x).argmax()) == c
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"norm": "l3"}, "unknown norm"),
+        ({"target": 1}, "ClassTarget"),
+        ({"target": ClassTarget([0, 1])}, "one label"),
+        ({"target": ClassTarget(0, confidence=0.5)}, "one label"),
+        ({"target": ClassTarget(5)}, "outputs"),
+        ({"x": torch.rand(2, 4, dtype=D)}, "one input"),
+        ({"x": torch.rand(5, dtype=D)}, "shape"),
+        ({"x": torch.full((4,), 2.0, dtype=D)}, "outside bounds"),
+        ({"max_distance": -1.0}, "max_distance"),
+        ({"bounds": None}, "bounded domain"),
+        ({"time_limit": 0}, "time_limit"),
+    ],
+)
+def test_bad_inputs_raise(kwargs, match):
+    f = mlp([4, 6, 3])
+    args = {"x": torch.full((4,), 0.5, dtype=D), "target": ClassTarget(0), **kwargs}
+    with pytest.raises(NNInvError, match=match):
+        closest(f, args.pop("x"), args.pop("target"), **args)
+
+
+def test_exported():
+    assert nninv.closest is closest and nninv.Closest is Closest
