@@ -103,7 +103,9 @@ def pgd(model, x0: Tensor, c: int, eps: float, steps: int, restarts: int, gen) -
     return None
 
 
-def pgd_min(model, x0: Tensor, c: int, eps: float, steps: int, restarts: int, rounds: int, seed: int):
+def pgd_min(
+    model, x0: Tensor, c: int, eps: float, steps: int, restarts: int, rounds: int, seed: int
+):
     """Smallest linf distance at which PGD reaches class ``c`` (bisection below ``eps``)."""
     gen = torch.Generator().manual_seed(seed)
     best = pgd(model, x0, c, eps, steps, restarts, gen)
@@ -200,15 +202,21 @@ def part_b(args, train_X, train_y, test_X, test_y) -> bool:
         with torch.no_grad():
             c = int(f(x0).argsort(descending=True)[0, 1])
         t = time.perf_counter()
-        r = nninv.closest(f, x0, ClassTarget(c), norm="linf", max_distance=args.eps, time_limit=args.time_limit)
+        r = nninv.closest(
+            f, x0, ClassTarget(c), norm="linf", max_distance=args.eps, time_limit=args.time_limit
+        )
         te = time.perf_counter() - t
         t = time.perf_counter()
         with torch.enable_grad():
-            _, d_pgd = pgd_min(f, x0.reshape(-1), c, args.eps, args.steps, args.restarts, 10, seed=i)
+            _, d_pgd = pgd_min(
+                f, x0.reshape(-1), c, args.eps, args.steps, args.restarts, 10, seed=i
+            )
         tp = time.perf_counter() - t
         statuses[r.status] += 1
         times.append(te)
-        ratio = r.distance / d_pgd if math.isfinite(d_pgd) and math.isfinite(r.distance) else math.nan
+        ratio = (
+            r.distance / d_pgd if math.isfinite(d_pgd) and math.isfinite(r.distance) else math.nan
+        )
         if math.isfinite(ratio):
             ratios.append(ratio)
         # exact never worse: no larger distance, and no "infeasible" where PGD found one
@@ -239,21 +247,33 @@ def part_b(args, train_X, train_y, test_X, test_y) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", help="MNIST IDX folder (default: nninv.datasets.default_mnist_dir())")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs of both models (default: 2)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir", help="MNIST IDX folder (default: nninv.datasets.default_mnist_dir())"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=2, help="training epochs of both models (default: 2)"
+    )
     p.add_argument("--n", type=int, default=10, help="test images for closest (default: 10)")
     p.add_argument("--eps", type=float, default=0.1, help="linf max_distance (default: 0.1)")
     p.add_argument("--time-limit", type=float, default=60.0, help="per query (default: 60 s)")
     p.add_argument("--steps", type=int, default=100, help="PGD steps (default: 100)")
     p.add_argument("--restarts", type=int, default=5, help="PGD restarts (default: 5)")
     p.add_argument("--chains", type=int, default=64, help="hit-and-run chains (default: 64)")
-    p.add_argument("--burn", type=int, default=7740, help="burn-in steps, uniform (default: 10 x dim)")
-    p.add_argument("--keep", type=int, default=20000, help="steps after burn-in, uniform (default: 20000)")
+    p.add_argument(
+        "--burn", type=int, default=7740, help="burn-in steps, uniform (default: 10 x dim)"
+    )
+    p.add_argument(
+        "--keep", type=int, default=20000, help="steps after burn-in, uniform (default: 20000)"
+    )
     p.add_argument("--prior-n", type=int, default=20000, help="images to fit the Gaussian prior on")
     p.add_argument("--no-prior", action="store_true", help="skip the prior row of (a)")
     p.add_argument("--part", choices=("a", "b", "both"), default="both")
     args = p.parse_args(argv)
+    # small tensors: intra-op threads only spin-wait (tens of times slower on a busy machine)
+    torch.set_num_threads(1)
     data_dir = args.data_dir or default_mnist_dir()
     if data_dir is None:
         print("full MNIST not found: pass --data-dir or set NNINV_MNIST_DIR", file=sys.stderr)
@@ -261,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     tr, te = load_mnist(data_dir, "train"), load_mnist(data_dir, "test")
     train_X, train_y = tr.flat(), tr.labels
     test_X, test_y = te.flat(), te.labels
-    print(f"MNIST: {len(tr)} train, {len(te)} test; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"MNIST: {len(tr)} train, {len(te)} test; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     ok = True
     if args.part in ("a", "both"):
         part_a(args, train_X, train_y, test_X)

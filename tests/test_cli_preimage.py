@@ -29,8 +29,9 @@ def test_preimage_figure_reproduces_the_output(tmp_path):
     from nninv.datasets import load_embedded
 
     out = tmp_path / "f"
-    assert main(["preimage", "--dataset", "digits8x8", "--n", "3", "--prior", "none",
-                 "--burn", "100", "--thin", "10", "--seed", "1", "--out", str(out)]) == 0  # fmt: skip
+    argv = ["preimage", "--dataset", "digits8x8", "--n", "3", "--prior", "none", "--burn",
+            "100", "--thin", "10", "--seed", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
     ds = load_embedded("digits8x8")
     train, test = ds.split(min(1000, len(ds) // 5), 1)
     model = train_seed_model(train.images, train.labels, seed=1).double()

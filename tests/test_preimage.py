@@ -174,7 +174,7 @@ def test_projection_matches_clarabel_on_polytopes():
     import scipy.sparse as sp
 
     g = torch.Generator().manual_seed(0)
-    for trial in range(5):
+    for _ in range(5):
         n, k, p = 30, 3, 6
         x_in = torch.rand(n, generator=g, dtype=D)
         A = torch.randn(k, n, generator=g, dtype=D)
@@ -287,7 +287,7 @@ def test_manifold_of_a_deeper_smooth_chain():
     pre = preimage(f, y, bounds=(0, 1), around=x)
     assert pre.kind == "manifold" and pre.dim == 6
     assert pre.basis.shape == (8, 6)
-    J = torch.func.jacrev(lambda v: f(v[None])[0])(pre.member.reshape(-1))
+    J = torch.func.jacrev(lambda v: f(v[None])[0])(pre.member.reshape(-1)).detach()
     assert float((J @ pre.basis).abs().max()) <= 1e-10  # the tangent space at the member
     s = pre.draw(6, seed=0, chains=3, burn=20, thin=4)
     assert s.method == "manifold-walk" and 0 < s.acceptance <= 1

@@ -12,8 +12,12 @@ and the big-M constraints
     h >= z,  h >= a z,  h <= z - (1 - a) l (1 - delta),  h <= a z + (1 - a) u delta,
 
 which are exact for ``delta`` in ``{0, 1}`` and whose relaxation for ``delta``
-in ``[0, 1]`` is the triangle hull of the neuron. Problems are solved with
-HiGHS through :func:`scipy.optimize.milp` and :func:`scipy.optimize.linprog`.
+in ``[0, 1]`` is the triangle hull of the neuron. :func:`tighten` shrinks the
+bounds further by LPs over the relaxation of the whole problem, and
+:func:`ideal_cuts` adds the cuts of the neuron's convex hull. Problems are
+solved with HiGHS: through highspy when it is installed (warm-started LPs,
+more options), otherwise through :func:`scipy.optimize.milp` and
+:func:`scipy.optimize.linprog`.
 
 References
 ----------
@@ -31,6 +35,8 @@ __all__ = [
     "interval_bounds",
     "region_lp",
     "region_polytope",
+    "solve_milp",
+    "start_point",
     "tighten",
 ]
 
@@ -291,7 +297,11 @@ def encode(
         WL, bL = net.Ws[-1], net.bs[-1]
         Z, z0 = WL @ H, WL @ h0 + bL
         others = [j for j in range(WL.shape[0]) if j != label]
-        rows.add([(0, Z[others] - Z[label])], np.full(len(others), -np.inf), z0[label] - z0[others] - margin)
+        rows.add(
+            [(0, Z[others] - Z[label])],
+            np.full(len(others), -np.inf),
+            z0[label] - z0[others] - margin,
+        )
     if norm is not None:
         assert x0 is not None
         ninf = np.full(n, -np.inf)
@@ -467,7 +477,9 @@ def _lp_solver(enc: Encoding, extra=None):  # type: ignore[no-untyped-def]
     return solve_scipy
 
 
-def ideal_cuts(enc: Encoding, deadline: float, max_rounds: int = 30) -> tuple[sp.csr_matrix, np.ndarray, int]:
+def ideal_cuts(
+    enc: Encoding, deadline: float, max_rounds: int = 30
+) -> tuple[sp.csr_matrix, np.ndarray, int]:
     """Cutting planes from the ideal formulation of each unstable ReLU (Anderson et al. 2020).
 
     For ``y = max(0, a.v + a0)`` with ``v`` in the box of its variable bounds
@@ -524,7 +536,9 @@ def ideal_cuts(enc: Encoding, deadline: float, max_rounds: int = 30) -> tuple[sp
                 coef_d = -(np.sum(A[j, I] * Lb[j, I]) + zJ[j] + np.sum(A[j, ~I] * Ub[j, ~I]))
                 idx = np.concatenate([cols[I], [hc[j], dc[j]]])
                 val = np.concatenate([-A[j, I], [1.0, coef_d]])
-                cut_rows.append(sp.csr_matrix((val, (np.zeros(idx.size, int), idx)), shape=(1, total)))
+                cut_rows.append(
+                    sp.csr_matrix((val, (np.zeros(idx.size, int), idx)), shape=(1, total))
+                )
                 cut_ub.append(np.array([-np.sum(A[j, I] * Lb[j, I])]))
         if not found:
             break
@@ -562,7 +576,15 @@ def _relaxation(enc: Encoding):  # type: ignore[no-untyped-def]
         def solve_hs(new):  # type: ignore[no-untyped-def]
             if new is not None:
                 R, ub = new
-                h.addRows(R.shape[0], np.full(R.shape[0], -highspy.kHighsInf), ub, R.nnz, R.indptr[:-1], R.indices, R.data)
+                h.addRows(
+                    R.shape[0],
+                    np.full(R.shape[0], -highspy.kHighsInf),
+                    ub,
+                    R.nnz,
+                    R.indptr[:-1],
+                    R.indices,
+                    R.data,
+                )
                 return None
             h.run()
             if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
@@ -579,12 +601,145 @@ def _relaxation(enc: Encoding):  # type: ignore[no-untyped-def]
             state["lb"] = np.concatenate([state["lb"], np.full(R.shape[0], -np.inf)])
             state["ub"] = np.concatenate([state["ub"], ub])
             return None
-        e = Encoding(enc.c, state["A"], state["lb"], state["ub"], enc.lower, enc.upper, enc.integrality, enc.n_in, [], [])
+        e = Encoding(
+            enc.c,
+            state["A"],
+            state["lb"],
+            state["ub"],
+            enc.lower,
+            enc.upper,
+            enc.integrality,
+            enc.n_in,
+            [],
+            [],
+        )
         A_ub, b_ub, A_eq, b_eq = _split(e)
-        res = linprog(enc.c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=list(zip(enc.lower, enc.upper)), method="highs")
+        res = linprog(
+            enc.c,
+            A_ub=A_ub,
+            b_ub=b_ub,
+            A_eq=A_eq,
+            b_eq=b_eq,
+            bounds=list(zip(enc.lower, enc.upper)),
+            method="highs",
+        )
         return res.x if res.status == 0 else None
 
     return solve_scipy
+
+
+def solve_milp(
+    enc: Encoding,
+    extra: tuple[sp.csr_matrix, np.ndarray] | None,
+    time_limit: float,
+    gap: float,
+    start: np.ndarray | None = None,
+) -> dict:
+    """Solve the MILP; returns ``status`` (0 optimal, 1 time limit, 2 infeasible, 4 other),
+    ``x``, ``fun``, ``dual_bound``, ``nodes``, ``message``.
+
+    Uses highspy when installed (presolve off, which is faster on these models
+    with dense rows, and ``start`` as the first incumbent), else
+    :func:`scipy.optimize.milp` (the same HiGHS, fewer options).
+    """
+    A, lb, ub = enc.A, enc.lb, enc.ub
+    if extra is not None and extra[0].shape[0]:
+        A = sp.vstack([A, extra[0]]).tocsr()
+        lb = np.concatenate([lb, np.full(extra[0].shape[0], -np.inf)])
+        ub = np.concatenate([ub, extra[1]])
+    try:
+        import highspy
+    except ImportError:
+        highspy = None
+    if highspy is None:
+        from scipy.optimize import milp
+
+        res = milp(
+            enc.c,
+            integrality=enc.integrality,
+            bounds=enc.bounds(),
+            constraints=LinearConstraint(A, lb, ub),
+            options={"time_limit": time_limit, "mip_rel_gap": gap, "disp": False},
+        )
+        dual = getattr(res, "mip_dual_bound", None)
+        return {
+            "status": res.status,
+            "x": res.x,
+            "fun": res.fun,
+            "dual_bound": dual,
+            "nodes": int(getattr(res, "mip_node_count", 0) or 0),
+            "message": res.message,
+        }
+    h = _quiet_highs(highspy)
+    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("mip_rel_gap", float(gap))
+    h.setOptionValue("presolve", "off")
+    Ac = A.tocsc()
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = enc.c.size, Ac.shape[0]
+    lp.col_cost_ = enc.c
+    lp.col_lower_, lp.col_upper_ = enc.lower, enc.upper
+    lp.row_lower_, lp.row_upper_ = lb, ub
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = Ac.indptr, Ac.indices, Ac.data
+    kinds = (highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger)
+    lp.integrality_ = [kinds[int(v)] for v in enc.integrality]
+    h.passModel(lp)
+    if start is not None:
+        sol = highspy.HighsSolution()
+        sol.col_value = list(start)
+        sol.value_valid = True
+        h.setSolution(sol)
+    h.run()
+    st = h.getModelStatus()
+    info = h.getInfo()
+    M = highspy.HighsModelStatus
+    x = None
+    if info.primal_solution_status == 2:  # feasible
+        x = np.asarray(h.getSolution().col_value)
+    if st == M.kOptimal:
+        status = 0
+    elif st in (M.kTimeLimit, M.kIterationLimit, M.kSolutionLimit, M.kInterrupt):
+        status = 1
+    elif st == M.kInfeasible:
+        status = 2
+    else:
+        status = 4
+    fun = info.objective_function_value if x is not None else None
+    # with every neuron stable the model is an LP, whose optimum is its own bound
+    is_lp = not bool(np.any(enc.integrality))
+    return {
+        "status": status,
+        "x": x,
+        "fun": fun,
+        "dual_bound": fun if is_lp and status == 0 else info.mip_dual_bound,
+        "nodes": max(0, int(info.mip_node_count)),
+        "message": h.modelStatusToString(st),
+    }
+
+
+def start_point(net: PLNet, enc: Encoding, x: np.ndarray, x0: np.ndarray, norm: str) -> np.ndarray:
+    """The encoding's variables at input ``x`` (a feasible start for the MILP)."""
+    v = np.zeros(enc.c.size)
+    n = x.size
+    v[:n] = x
+    h = x
+    zc_all = enc.info["z_cols"]
+    for k, (W, b, a) in enumerate(zip(net.Ws[:-1], net.bs[:-1], net.slopes)):
+        if k >= len(zc_all):
+            break
+        z = W @ h + b
+        J, dc = enc.delta_index[k]
+        zc = zc_all[k]
+        v[zc] = z[J]
+        v[zc - J.size] = _act(z[J], a)
+        v[dc] = z[J] >= 0
+        h = _act(z, a)
+    if norm == "linf":
+        v[-1] = np.abs(x - x0).max()
+    elif norm == "l1":
+        v[-n:] = np.abs(x - x0)
+    return np.clip(v, enc.lower, enc.upper)
 
 
 def _quiet_highs(highspy):  # type: ignore[no-untyped-def]
@@ -651,7 +806,11 @@ def region_lp(
         I = sp.eye(n)
         one = sp.csr_matrix(np.ones((n, 1)))
         A = sp.vstack(
-            [sp.hstack([sp.csr_matrix(G), sp.csr_matrix((G.shape[0], 1))]), sp.hstack([I, -one]), sp.hstack([-I, -one])]
+            [
+                sp.hstack([sp.csr_matrix(G), sp.csr_matrix((G.shape[0], 1))]),
+                sp.hstack([I, -one]),
+                sp.hstack([-I, -one]),
+            ]
         ).tocsr()
         b = np.concatenate([g, x0, -x0])
         bnds = list(zip(lo, hi)) + [(0, None)]
@@ -659,7 +818,11 @@ def region_lp(
         c = np.concatenate([np.zeros(n), np.ones(n)])
         I = sp.eye(n)
         A = sp.vstack(
-            [sp.hstack([sp.csr_matrix(G), sp.csr_matrix((G.shape[0], n))]), sp.hstack([I, -I]), sp.hstack([-I, -I])]
+            [
+                sp.hstack([sp.csr_matrix(G), sp.csr_matrix((G.shape[0], n))]),
+                sp.hstack([I, -I]),
+                sp.hstack([-I, -I]),
+            ]
         ).tocsr()
         b = np.concatenate([g, x0, -x0])
         bnds = list(zip(lo, hi)) + [(0, None)] * n

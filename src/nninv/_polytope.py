@@ -226,7 +226,6 @@ class Polyhedron:
     # --- linear programs ----------------------------------------------------------
 
     def _lp_rows(self) -> tuple[Any, np.ndarray, list[tuple[float | None, float | None]]]:
-        n = self.n
         bounds = [
             (None if math.isinf(a) else a, None if math.isinf(b) else b)
             for a, b in zip(self.lo.tolist(), self.hi.tolist())
@@ -252,7 +251,9 @@ class Polyhedron:
             nu_box = (1 - E.pow(2).sum(0)).clamp(min=0).sqrt()
             rows, rhs, kinds = [], [], []
             if self.G.shape[0]:
-                rows.append(sp.hstack([sp.csr_matrix(_np(self.G)), sp.csr_matrix(_np(nu_G)[:, None])]))
+                rows.append(
+                    sp.hstack([sp.csr_matrix(_np(self.G)), sp.csr_matrix(_np(nu_G)[:, None])])
+                )
                 rhs.append(_np(self.g))
                 kinds += [("G", i) for i in range(self.G.shape[0])]
             for sign, bound in ((1.0, self.hi), (-1.0, self.lo)):
@@ -390,7 +391,9 @@ class Polyhedron:
             cand = self._kkt(zn, y_new, C, c, k, lo, hi, scale)
             if cand[1] < best[1]:
                 best = cand
-            same = np.array_equal(self._sets(zn, y_new, C, k, lo, hi), self._sets(zn, y, C, k, lo, hi))
+            same = np.array_equal(
+                self._sets(zn, y_new, C, k, lo, hi), self._sets(zn, y, C, k, lo, hi)
+            )
             y = y_new
             if best[1] <= tol or same:
                 break

@@ -8,12 +8,17 @@ in that class, so no smaller perturbation exists.
 How each case is solved
 -----------------------
 - ReLU and leaky-ReLU networks, ``norm="linf"`` or ``"l1"``: exactly, by a
-  mixed-integer linear program (HiGHS via :func:`scipy.optimize.milp`): one
-  binary per unstable neuron, big-M constants from interval bounds tightened
-  by LPs (:mod:`nninv._milp`). The MILP's point is then polished inside its
-  activation region by one LP that asks the class to win by a small
-  ``margin``, so that the model confirms it despite the solver's tolerances.
-  ``bound`` is HiGHS's dual bound for the problem without margin.
+  mixed-integer linear program with HiGHS (:mod:`nninv._milp`): one binary
+  per unstable neuron and big-M constants from its bounds. The bounds are made
+  as tight as possible first: a quick projected-gradient search gives a
+  verified input, whose distance bounds the optimum, so the box shrinks to
+  that radius; interval arithmetic follows; then LPs over the relaxation of
+  the whole problem (class constraints included, strengthened by the ideal
+  single-neuron cuts of Anderson et al. 2020) make most neurons stable. The
+  MILP's point is polished inside its activation region by one LP that asks
+  the class to win by a small ``margin``, so that the model confirms it
+  despite the solver's tolerances. ``bound`` is HiGHS's dual bound for the
+  problem without margin (relative gap 1e-6).
 - One affine layer followed by increasing activations or a softmax (the
   seed's model): the class region is a polytope; ``linf`` and ``l1`` are
   LPs and ``l2`` is the exact projection QP of :mod:`nninv._polytope`.
@@ -41,12 +46,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import LinearConstraint, milp
 from torch import Tensor, nn
 
 from ._chain import Affine, analyse, eval_mode
 from ._errors import NNInvError
-from ._milp import PLNet, encode, ideal_cuts, interval_bounds, region_lp, region_polytope, tighten
+from ._milp import (
+    PLNet,
+    encode,
+    ideal_cuts,
+    interval_bounds,
+    region_lp,
+    region_polytope,
+    solve_milp,
+    start_point,
+    tighten,
+)
 from ._polytope import Polyhedron, one_thread
 from ._target import class_shortfall
 from .preimage import as_bounds, as_input, float64_copy, peel_class_steps, pl_slope
@@ -230,7 +244,12 @@ def closest(
         d = _dist(xv - x0, norm)
         info["logits"] = check.logits(xv)[0]
         return Closest(
-            torch.from_numpy(xv.copy()).reshape(1, *in_shape), d, status, min(bound, d), info=info, **common
+            torch.from_numpy(xv.copy()).reshape(1, *in_shape),
+            d,
+            status,
+            min(bound, d),
+            info=info,
+            **common,
         )
 
     if check.ok(x0):
@@ -246,13 +265,42 @@ def closest(
         net = PLNet.from_steps(core, chain.n_in, pl_slope)
         deadline = t0 + time_limit
         if norm == "l2":
-            return _l2(net, check, x0, blo, bhi, label, max_distance, deadline, done, model64, in_shape, seed)
-        return _exact(net, check, x0, blo, bhi, norm, label, max_distance, deadline, done, model64, in_shape, seed)
+            return _l2(
+                net,
+                check,
+                x0,
+                blo,
+                bhi,
+                label,
+                max_distance,
+                deadline,
+                done,
+                model64,
+                in_shape,
+                seed,
+            )
+        return _exact(
+            net,
+            check,
+            x0,
+            blo,
+            bhi,
+            norm,
+            label,
+            max_distance,
+            deadline,
+            done,
+            model64,
+            in_shape,
+            seed,
+        )
     if pl and not finite:
         raise NNInvError(
             "the exact MILP needs a bounded domain: pass finite bounds=(lo, hi) or max_distance"
         )
-    xv, info = _attack(model64, in_shape, x0, label, norm, lo, hi, max_distance, t0 + time_limit, seed)
+    xv, info = _attack(
+        model64, in_shape, x0, label, norm, lo, hi, max_distance, t0 + time_limit, seed
+    )
     info["method"] = "pgd"
     return done(xv, "heuristic", 0.0, info)
 
@@ -261,7 +309,9 @@ def _lp_margin_scale(net: PLNet, x0: np.ndarray) -> float:
     return max(1.0, float(np.abs(net.forward(x0[None])).max()))
 
 
-def _exact(net, check, x0, lo, hi, norm, label, max_distance, deadline, done, model64, in_shape, seed):  # type: ignore[no-untyped-def]
+def _exact(
+    net, check, x0, lo, hi, norm, label, max_distance, deadline, done, model64, in_shape, seed
+):  # type: ignore[no-untyped-def]
     """MILP (or LP for no hidden layer) for linf/l1, then a verified polish."""
     info: dict[str, Any] = {"method": "milp" if net.slopes else "lp"}
     radius = max_distance
@@ -271,7 +321,21 @@ def _exact(net, check, x0, lo, hi, norm, label, max_distance, deadline, done, mo
         # so the search can be restricted to that radius without losing it; the box
         # shrinks, fewer neurons are unstable and every big-M constant tightens.
         budget = time.perf_counter() + 0.1 * max(0.0, deadline - time.perf_counter())
-        x_pgd, _ = _attack(model64, in_shape, x0, label, norm, lo, hi, max_distance, budget, seed, steps=50, restarts=4, rounds=8)
+        x_pgd, _ = _attack(
+            model64,
+            in_shape,
+            x0,
+            label,
+            norm,
+            lo,
+            hi,
+            max_distance,
+            budget,
+            seed,
+            steps=50,
+            restarts=4,
+            rounds=8,
+        )
         if x_pgd is not None:
             d_ub = _dist(x_pgd - x0, norm)
             info["pgd_distance"] = d_ub
@@ -297,41 +361,37 @@ def _exact(net, check, x0, lo, hi, norm, label, max_distance, deadline, done, mo
     info["n_unstable"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds]
     enc = encode(net, bounds, lo, hi, x0=x0, norm=norm, label=label, max_distance=radius)
     info["n_binaries"] = enc.info["n_binaries"]
-    constraints = [enc.constraints()]
-    if enc.info["n_binaries"]:
+    extra = None
+    if enc.info["n_binaries"] and all(a == 0.0 for a in net.slopes):
         budget = time.perf_counter() + 0.2 * max(0.0, deadline - time.perf_counter())
         C, ub, rounds = ideal_cuts(enc, budget)
         info["n_cuts"], info["cut_rounds"] = int(C.shape[0]), rounds
-        if C.shape[0]:
-            constraints.append(LinearConstraint(C, -np.inf, ub))
+        extra = (C, ub)
+    start = None
+    if x_pgd is not None:
+        start = start_point(net, enc, x_pgd, x0, norm)
     left = max(1.0, deadline - time.perf_counter())
-    res = milp(
-        enc.c,
-        integrality=enc.integrality,
-        bounds=enc.bounds(),
-        constraints=constraints,
-        options={"time_limit": left, "mip_rel_gap": 1e-6, "disp": False},
-    )
-    info["nodes"] = int(getattr(res, "mip_node_count", 0) or 0)
-    info["solver_status"] = res.message
-    if res.status == 2:
+    res = solve_milp(enc, extra, left, 1e-6, start)
+    info["nodes"] = res["nodes"]
+    info["solver_status"] = res["message"]
+    if res["status"] == 2:
         if x_pgd is not None:
             # only rounding can make the radius of a verified input infeasible
             info["note"] = "MILP infeasible at the radius of a verified input; returning it"
             return done(x_pgd, "heuristic", 0.0, info)
         bound = max_distance if max_distance is not None else math.inf
         return done(None, "infeasible", bound, info)
-    if res.x is None:
-        if res.status == 1:  # time limit without an incumbent of HiGHS's own
-            dual = getattr(res, "mip_dual_bound", None)
+    dual = res["dual_bound"]
+    if res["x"] is None:
+        if res["status"] == 1:  # time limit without an incumbent
             bound = float(dual) if dual is not None and np.isfinite(dual) else 0.0
             return done(x_pgd, "time_limit", max(bound, 0.0), info)
-        raise NNInvError(f"the MILP failed: {res.message}")
-    status = "optimal" if res.status == 0 else "time_limit"
-    dual = getattr(res, "mip_dual_bound", None)
-    bound = float(res.fun) if dual is None or not np.isfinite(dual) else min(float(res.fun), float(dual))
+        raise NNInvError(f"the MILP failed: {res['message']}")
+    status = "optimal" if res["status"] == 0 else "time_limit"
+    fun = float(res["fun"])
+    bound = fun if dual is None or not np.isfinite(dual) else min(fun, float(dual))
     bound = max(0.0, bound)
-    v = res.x
+    v = res["x"]
     n = x0.size
     patterns = []
     for k, (J, cols) in enumerate(enc.delta_index):
@@ -379,7 +439,12 @@ def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in
         for margin in (1e-9 * scale, 1e-7 * scale, 1e-5 * scale, 1e-3 * scale):
             G, g = region_polytope(net, [], [], label, margin)
             poly, _ = Polyhedron.from_constraints(
-                None, None, torch.from_numpy(G), torch.from_numpy(g), torch.from_numpy(lo), torch.from_numpy(hi)
+                None,
+                None,
+                torch.from_numpy(G),
+                torch.from_numpy(g),
+                torch.from_numpy(lo),
+                torch.from_numpy(hi),
             )
             centre, _ = poly.centre()
             if centre is None:
@@ -393,9 +458,25 @@ def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in
                 if max_distance is not None and d > max_distance:
                     return done(None, "infeasible", max_distance, info)
                 return done(x, "optimal", d, info)
-        raise NNInvError("the projection onto the class polytope could not be verified by the model")
+        raise NNInvError(
+            "the projection onto the class polytope could not be verified by the model"
+        )
     # deeper ReLU nets: the exact linf distance bounds the l2 distance from below
-    ex = _exact(net, check, x0, lo, hi, "linf", label, max_distance, deadline, lambda *a: a, model64, in_shape, seed)
+    ex = _exact(
+        net,
+        check,
+        x0,
+        lo,
+        hi,
+        "linf",
+        label,
+        max_distance,
+        deadline,
+        lambda *a: a,
+        model64,
+        in_shape,
+        seed,
+    )
     xv, status, bound, info = ex
     info = dict(info)
     info["method"] = "linf-milp bound + region QP + pgd"
@@ -413,7 +494,12 @@ def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in
         for margin in (1e-9 * scale, 1e-6 * scale, 1e-3 * scale):
             G, g = region_polytope(net, pattern, bounds, label, margin)
             poly, _ = Polyhedron.from_constraints(
-                None, None, torch.from_numpy(G), torch.from_numpy(g), torch.from_numpy(lo), torch.from_numpy(hi)
+                None,
+                None,
+                torch.from_numpy(G),
+                torch.from_numpy(g),
+                torch.from_numpy(lo),
+                torch.from_numpy(hi),
             )
             if poly.centre()[0] is None:
                 continue
@@ -462,7 +548,9 @@ def _pgd(model, in_shape, x0, label, norm, lo, hi, eps, steps, restarts, gen):  
     X0 = x0.expand(restarts, n)
     delta = torch.zeros(restarts, n, dtype=_F64)
     if restarts > 1:
-        delta[1:] = _project_ball((torch.rand(restarts - 1, n, generator=gen, dtype=_F64) * 2 - 1) * eps, eps, norm)
+        delta[1:] = _project_ball(
+            (torch.rand(restarts - 1, n, generator=gen, dtype=_F64) * 2 - 1) * eps, eps, norm
+        )
     delta = (torch.clamp(X0 + delta, lo, hi) - X0).requires_grad_(True)
     step = 2.5 * eps / steps
     best = None
@@ -493,13 +581,55 @@ def _pgd(model, in_shape, x0, label, norm, lo, hi, eps, steps, restarts, gen):  
     return best
 
 
-def _attack(model64, in_shape, x0, label, norm, lo, hi, max_distance, deadline, seed, steps=100, restarts=4, rounds=12):  # type: ignore[no-untyped-def]
+def _attack(
+    model64,
+    in_shape,
+    x0,
+    label,
+    norm,
+    lo,
+    hi,
+    max_distance,
+    deadline,
+    seed,
+    steps=100,
+    restarts=4,
+    rounds=12,
+):  # type: ignore[no-untyped-def]
     """Smallest radius at which PGD reaches the class, by bisection; ``(x or None, info)``."""
     with one_thread():
-        return _bisect(model64, in_shape, x0, label, norm, lo, hi, max_distance, deadline, seed, steps, restarts, rounds)
+        return _bisect(
+            model64,
+            in_shape,
+            x0,
+            label,
+            norm,
+            lo,
+            hi,
+            max_distance,
+            deadline,
+            seed,
+            steps,
+            restarts,
+            rounds,
+        )
 
 
-def _bisect(model64, in_shape, x0, label, norm, lo, hi, max_distance, deadline, seed, steps, restarts, rounds):  # type: ignore[no-untyped-def]
+def _bisect(
+    model64,
+    in_shape,
+    x0,
+    label,
+    norm,
+    lo,
+    hi,
+    max_distance,
+    deadline,
+    seed,
+    steps,
+    restarts,
+    rounds,
+):  # type: ignore[no-untyped-def]
     gen = torch.Generator().manual_seed(seed)
     x0t = torch.from_numpy(np.asarray(x0, dtype=np.float64))
     lo_t, hi_t = torch.from_numpy(np.asarray(lo)), torch.from_numpy(np.asarray(hi))

@@ -180,7 +180,9 @@ def as_input(x: Any, input_shape: tuple[int, ...], name: str = "x") -> Tensor:
         try:
             x = torch.as_tensor(x)
         except Exception:
-            raise NNInvError(f"{name} must be a tensor or an array, got {type(x).__name__}") from None
+            raise NNInvError(
+                f"{name} must be a tensor or an array, got {type(x).__name__}"
+            ) from None
     x = x.detach().to("cpu", _F64)
     if tuple(x.shape) == input_shape:
         x = x.unsqueeze(0)
@@ -270,7 +272,9 @@ def _exact_output(chain: Chain, y: Tensor) -> _OutCons:
         # y = relu(h): h_j = y_j where y_j > 0, h_j <= 0 where y_j = 0
         pos = z > 0
         eye = torch.eye(m, dtype=_F64)
-        return _OutCons(steps[: i - 1], eye[pos], z[pos], eye[~pos], torch.zeros(int((~pos).sum()), dtype=_F64))
+        return _OutCons(
+            steps[: i - 1], eye[pos], z[pos], eye[~pos], torch.zeros(int((~pos).sum()), dtype=_F64)
+        )
     return _OutCons(steps[:i], torch.eye(m, dtype=_F64), z, None, None)
 
 
@@ -789,8 +793,13 @@ class Preimage:
         elif prior is not None:
             raise NNInvError("prior= is only used with method='prior'")
         for name, v in (("chains", chains), ("burn", burn), ("thin", thin)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (name != "burn")):
-                raise NNInvError(f"{name} must be a {'non-negative' if name == 'burn' else 'positive'} integer, got {v!r}")
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int) or v < (name != "burn")
+            ):
+                raise NNInvError(
+                    f"{name} must be a {'non-negative' if name == 'burn' else 'positive'} "
+                    f"integer, got {v!r}"
+                )
         gen = torch.Generator().manual_seed(
             int(seed) if seed is not None else int(torch.randint(2**62, (1,)))
         )
@@ -876,8 +885,17 @@ class Preimage:
             else:
                 x = post.sample(e[None], n, generator=gen)[0]
             return Samples(
-                x.reshape(n, *self.input_shape), "exact", math.nan, math.nan, 1.0, 0, 0, 0, 1,
-                time.perf_counter() - t0, {"independent": True},
+                x.reshape(n, *self.input_shape),
+                "exact",
+                math.nan,
+                math.nan,
+                1.0,
+                0,
+                0,
+                0,
+                1,
+                time.perf_counter() - t0,
+                {"independent": True},
             )
         # Per component: directions with the conditional covariance inside the hull,
         # W_k = (I - K_k E) L_k, and the precision for the exact draw along a chord.
@@ -951,8 +969,15 @@ class Preimage:
         burn = 4 * d if burn is None else burn
         thin = max(1, d // 2) if thin is None else thin
         w = poly.walk(
-            X0, keep=per, thin=thin, burn=burn, gen=gen, monitor=monitor, line=line,
-            directions=directions, every=gibbs,
+            X0,
+            keep=per,
+            thin=thin,
+            burn=burn,
+            gen=gen,
+            monitor=monitor,
+            line=line,
+            directions=directions,
+            every=gibbs,
         )
         return self._samples(w, n, "prior", 1.0, C, {"components": K})
 
@@ -974,18 +999,30 @@ class Preimage:
         # starting points: projections of random points of the box (or near the member)
         finite = torch.isfinite(lo) & torch.isfinite(hi)
         U = torch.rand(C, self.n, generator=gen, dtype=_F64)
-        ref = torch.where(finite, lo + U * (hi - lo), self._member + torch.randn(C, self.n, generator=gen, dtype=_F64))
+        ref = torch.where(
+            finite,
+            lo + U * (hi - lo),
+            self._member + torch.randn(C, self.n, generator=gen, dtype=_F64),
+        )
         starts = []
         for i in range(C):
             x, err, _ = mf.project(ref[i], ref[i], tol=tol, max_iter=10)
             starts.append(x if err <= 1e-8 else self._member.clone())
         X = torch.stack(starts)
-        logp = (lambda Z: prior.log_prob(Z.reshape(-1, *self.input_shape))) if prior is not None else None
+        logp = (
+            (lambda Z: prior.log_prob(Z.reshape(-1, *self.input_shape)))
+            if prior is not None
+            else None
+        )
         d = max(self.dim, 1)
         burn = 4 * d if burn is None else burn
         thin = max(1, d // 4) if thin is None else thin
         steps = burn + per * thin
-        sigma = torch.full((C,), 0.1 * float((hi - lo).clamp(max=1e6).mean()) if bool(finite.all()) else 0.1, dtype=_F64)
+        sigma = torch.full(
+            (C,),
+            0.1 * float((hi - lo).clamp(max=1e6).mean()) if bool(finite.all()) else 0.1,
+            dtype=_F64,
+        )
         sigma = sigma / math.sqrt(d)
         lp = logp(X) if logp is not None else torch.zeros(C, dtype=_F64)
         monitor = torch.randn(4, self.n, generator=gen, dtype=_F64)
@@ -1020,7 +1057,11 @@ class Preimage:
         w = Walk(kept, trace, ess, rhat, steps, burn, thin, time.perf_counter() - t0)
         acc_rate = float(n_acc.sum()) / max(1, C * (steps - burn))
         return self._samples(
-            w, n, "manifold-prior" if prior is not None else "manifold-walk", acc_rate, C,
+            w,
+            n,
+            "manifold-prior" if prior is not None else "manifold-walk",
+            acc_rate,
+            C,
             {"step_size": float(sigma.mean())},
         )
 
@@ -1199,9 +1240,7 @@ def preimage(
         if isinstance(s, Shift):
             raise NNInvError(f"preimage cannot describe {s.label()} inside the network")
     kinds_of = {
-        "pl_noninj": any(
-            (pl_slope(s) == 0.0) or _is_maxpool(s) for s in core
-        ),
+        "pl_noninj": any((pl_slope(s) == 0.0) or _is_maxpool(s) for s in core),
         "smooth": any(isinstance(s, Elementwise) and pl_slope(s) is None for s in core),
         "nonlinear": any(not isinstance(s, Affine) for s in core),
     }

@@ -51,7 +51,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", nargs="?", metavar="MODEL", help="model file (default: train a ReLU MLP)")
+    parser.add_argument(
+        "model", nargs="?", metavar="MODEL", help="model file (default: train a ReLU MLP)"
+    )
     parser.add_argument("--input", metavar="X.npy", help="with MODEL: the inputs x0")
     parser.add_argument(
         "--target",
@@ -59,14 +61,33 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="class=K",
         help="target class for every input, or runner-up (default: the second-highest logit)",
     )
-    parser.add_argument("--norm", choices=("linf", "l1", "l2"), default="linf", help="distance (default: linf)")
+    parser.add_argument(
+        "--norm", choices=("linf", "l1", "l2"), default="linf", help="distance (default: linf)"
+    )
     parser.add_argument("--eps", type=float, metavar="E", help="search only within this distance")
-    parser.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="seconds per input (default: 60)")
-    parser.add_argument("--bounds", default="0,1", metavar="LO,HI", help="input bounds (default: 0,1)")
-    parser.add_argument("--count", type=int, default=4, metavar="N", help="inputs to attack (default: 4)")
-    parser.add_argument("--dataset", default="mnist5k", metavar="NAME", help="without MODEL: mnist5k (default) or digits8x8")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds per input (default: 60)",
+    )
+    parser.add_argument(
+        "--bounds", default="0,1", metavar="LO,HI", help="input bounds (default: 0,1)"
+    )
+    parser.add_argument(
+        "--count", type=int, default=4, metavar="N", help="inputs to attack (default: 4)"
+    )
+    parser.add_argument(
+        "--dataset",
+        default="mnist5k",
+        metavar="NAME",
+        help="without MODEL: mnist5k (default) or digits8x8",
+    )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
-    parser.add_argument("--out", default="nninv-closest", metavar="DIR", help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--out", default="nninv-closest", metavar="DIR", help="output folder (default: %(default)s)"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -99,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
 
         ds = load_embedded(args.dataset)
         train, test = ds.split(min(1000, len(ds) // 5), args.seed)
-        print(f"training a {train.n_pixels}-128-10 ReLU network on {len(train)} {args.dataset} digits ...", flush=True)
+        print(
+            f"training a {train.n_pixels}-128-10 ReLU network on {len(train)} "
+            f"{args.dataset} digits ...",
+            flush=True,
+        )
         model = train_classifier(train.images, train.labels, hidden=128, seed=args.seed)
         X = test.images[: args.count].reshape(args.count, -1).numpy()
     else:
@@ -115,16 +140,28 @@ def run(args: argparse.Namespace) -> int:
     model = model.double().eval()
     X = np.asarray(X, dtype=np.float64)
     found, diffs = [], []
-    print(f"{'#':>3} {'class':>5} {'target':>6} {'status':>11} {'distance':>10} {'bound':>10} {'seconds':>8}")
+    print(
+        f"{'#':>3} {'class':>5} {'target':>6} {'status':>11} {'distance':>10} {'bound':>10} "
+        f"{'seconds':>8}"
+    )
     for i, x0 in enumerate(X):
         xt = torch.from_numpy(x0[None])
         with torch.no_grad():
             logits = model(xt).reshape(-1)
         order = logits.argsort(descending=True)
         c = int(order[1]) if label is None else label
-        res = closest(model, xt, ClassTarget(c), norm=args.norm, max_distance=args.eps, time_limit=args.time_limit, bounds=(lo, hi))
+        res = closest(
+            model,
+            xt,
+            ClassTarget(c),
+            norm=args.norm,
+            max_distance=args.eps,
+            time_limit=args.time_limit,
+            bounds=(lo, hi),
+        )
         print(
-            f"{i:>3} {int(order[0]):>5} {c:>6} {res.status:>11} {res.distance:>10.4g} {res.bound:>10.4g} "
+            f"{i:>3} {int(order[0]):>5} {c:>6} {res.status:>11} {res.distance:>10.4g} "
+            f"{res.bound:>10.4g} "
             f"{res.info['seconds']:>8.2f}",
             flush=True,
         )
@@ -144,10 +181,12 @@ def run(args: argparse.Namespace) -> int:
     np.save(out / "closest.npy", A)
     rows = {
         "original": torch.from_numpy(X),
-        "closest": torch.from_numpy(np.nan_to_num(A, nan=0.0)),
+        "closest": torch.from_numpy(np.nan_to_num(A, nan=0.5)),
         "difference": torch.from_numpy(np.stack(diffs)),
     }
-    title = f"closest input of the target class ({args.norm}); difference: grey = 0, scaled per image"
+    title = (
+        f"closest input of the target class ({args.norm}); difference: grey = 0, scaled per image"
+    )
     from ..figures import is_image_shape
 
     if is_image_shape(shape):

@@ -57,25 +57,55 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", nargs="?", metavar="MODEL", help="model file (default: train the seed's model)")
+    parser.add_argument(
+        "model", nargs="?", metavar="MODEL", help="model file (default: train the seed's model)"
+    )
     parser.add_argument("--input", metavar="X.npy", help="with MODEL: the input x0 (first sample)")
     parser.add_argument("--others", metavar="X.npy", help="images to project onto the preimage")
-    parser.add_argument("--prior-data", metavar="X.npy", help="with MODEL: data to fit the prior on")
+    parser.add_argument(
+        "--prior-data", metavar="X.npy", help="with MODEL: data to fit the prior on"
+    )
     parser.add_argument(
         "--prior",
         choices=("gaussian", "mixture", "none"),
         default="gaussian",
         help="prior for the prior row (default: gaussian)",
     )
-    parser.add_argument("--components", type=int, default=10, metavar="K", help="mixture components (default: 10)")
-    parser.add_argument("--dataset", default="mnist5k", metavar="NAME", help="without MODEL: mnist5k (default) or digits8x8")
-    parser.add_argument("--index", type=int, default=0, metavar="I", help="without MODEL: which held-out digit is x0 (default: 0)")
-    parser.add_argument("--n", type=int, default=10, metavar="N", help="images per row (default: 10)")
-    parser.add_argument("--bounds", default="0,1", metavar="LO,HI", help="input bounds (default: 0,1)")
-    parser.add_argument("--burn", type=int, metavar="B", help="burn-in steps of each chain (default: 10 x dim)")
-    parser.add_argument("--thin", type=int, metavar="T", help="steps between kept states (default: dim)")
+    parser.add_argument(
+        "--components", type=int, default=10, metavar="K", help="mixture components (default: 10)"
+    )
+    parser.add_argument(
+        "--dataset",
+        default="mnist5k",
+        metavar="NAME",
+        help="without MODEL: mnist5k (default) or digits8x8",
+    )
+    parser.add_argument(
+        "--index",
+        type=int,
+        default=0,
+        metavar="I",
+        help="without MODEL: which held-out digit is x0 (default: 0)",
+    )
+    parser.add_argument(
+        "--n", type=int, default=10, metavar="N", help="images per row (default: 10)"
+    )
+    parser.add_argument(
+        "--bounds", default="0,1", metavar="LO,HI", help="input bounds (default: 0,1)"
+    )
+    parser.add_argument(
+        "--burn", type=int, metavar="B", help="burn-in steps of each chain (default: 10 x dim)"
+    )
+    parser.add_argument(
+        "--thin", type=int, metavar="T", help="steps between kept states (default: dim)"
+    )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
-    parser.add_argument("--out", default="nninv-preimage", metavar="DIR", help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default="nninv-preimage",
+        metavar="DIR",
+        help="output folder (default: %(default)s)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -88,12 +118,19 @@ def _seed_setup(args: argparse.Namespace) -> tuple[Any, np.ndarray, np.ndarray |
     train, test = ds.split(min(1000, len(ds) // 5), args.seed)
     if not 0 <= args.index < len(test):
         raise NNInvError(f"--index must lie in [0, {len(test)}), got {args.index}")
-    print(f"training the seed's model sigmoid(W x + b) on {len(train)} {args.dataset} digits ...", flush=True)
+    print(
+        f"training the seed's model sigmoid(W x + b) on {len(train)} {args.dataset} digits ...",
+        flush=True,
+    )
     model = train_seed_model(train.images, train.labels, seed=args.seed)
     x0 = test.flat()[args.index : args.index + 1].numpy()
     label = int(test.labels[args.index])
     # other digits: the first held-out image of each other class
-    others = [int((test.labels == c).nonzero()[0]) for c in range(10) if c != label and (test.labels == c).any()]
+    others = [
+        int((test.labels == c).nonzero()[0])
+        for c in range(10)
+        if c != label and (test.labels == c).any()
+    ]
     return model, x0, train.flat().numpy(), test.flat()[others].numpy()
 
 
@@ -124,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
         x0 = fit_to_shape(load_array(args.input, "input"), shape, "input", args.input)[:1]
         data = None
         if args.prior_data is not None:
-            data = fit_to_shape(load_array(args.prior_data, "prior data"), shape, "prior data", args.prior_data)
+            data = fit_to_shape(
+                load_array(args.prior_data, "prior data"), shape, "prior data", args.prior_data
+            )
         others = None
     if args.others is not None:
         shape = tuple(x0.shape[1:])
@@ -188,7 +227,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<26} {cnt:>4} {r:>12.1e} {'-':>7} {'-':>7} {'-':>8}")
         else:
             print(f"{name:<26} {cnt:>4} {r:>12.1e} {s.ess:>7.1f} {s.rhat:>7.2f} {s.seconds:>8.1f}")
-    print(f"({time.perf_counter() - t:.1f} s) ESS and R-hat: mixing of the chains (R-hat near 1 = mixed).")
+    print(
+        f"({time.perf_counter() - t:.1f} s) ESS and R-hat: mixing of the chains "
+        "(R-hat near 1 = mixed)."
+    )
     print(f"figure: {fig}")
     print(f"members: {out / 'members.npy'}")
     return 0
