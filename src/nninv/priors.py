@@ -719,9 +719,7 @@ class CombinedPrior(Prior):
                 ) from None
             w = _check_weight(w, "CombinedPrior weight")
             if not hasattr(p, "log_prob"):
-                raise NNInvError(
-                    f"CombinedPrior term {type(p).__name__} has no log_prob method"
-                )
+                raise NNInvError(f"CombinedPrior term {type(p).__name__} has no log_prob method")
             flat.extend((w * wi, pi) for wi, pi in _terms(p))
         if not flat:
             raise NNInvError("CombinedPrior needs at least one term")

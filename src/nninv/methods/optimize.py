@@ -56,10 +56,11 @@ from __future__ import annotations
 
 __all__ = ["invert_optimize"]
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +74,7 @@ from ..priors import CombinedPrior, GaussianMixturePrior, GaussianPrior
 from ..targets import ClassTarget
 from . import Problem, Solution, register
 
-_DEBUG = bool(__import__('os').environ.get('NNINV_DEBUG'))
+_DEBUG = bool(__import__("os").environ.get("NNINV_DEBUG"))
 
 #: Margin (in logits) that a class target aims beyond its threshold, so that the
 #: measured shortfall is 0 despite rounding.
@@ -90,6 +91,23 @@ _OPTIONS: dict[str, Any] = {
     "retries": 2,
     "precision": "mixed",
 }
+
+
+@contextlib.contextmanager
+def _flush_denormal() -> Iterator[None]:
+    """Flush subnormal numbers to zero inside, restoring the caller's setting after.
+
+    Arithmetic on subnormals is tens of times slower on x86 CPUs, and gradients of
+    saturated units produce them; values below 1e-38 do not change the answer.
+    """
+    probe = torch.tensor([1e-39], dtype=torch.float32)
+    was = bool((probe * 1.0).item() == 0.0)
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(was)
 
 
 @register("optimize")
@@ -125,25 +143,29 @@ def invert_optimize(problem: Problem) -> Solution:
         problem is float64 and projects in float64; ``"full"`` runs all of it in
         the problem's dtype.
     """
+    with _flush_denormal():
+        return _invert(problem)
+
+
+def _invert(problem: Problem) -> Solution:
     opts = problem.take_options(**_OPTIONS)
     t_start = time.perf_counter()
     dtype, device = problem.dtype, problem.device
-    n = math.prod(problem.input_shape)
     N = problem.n
     restarts = _positive_int(opts["restarts"], "restarts")
     n_comp = _positive_int(opts["components"], "components")
     max_iter = _positive_int(opts["max_iter"], "max_iter")
-    seed = int(opts["seed"])
-    if isinstance(opts["retries"], bool) or not isinstance(opts["retries"], int):
-        raise NNInvError(f"option retries must be a non-negative integer, got {opts['retries']!r}")
-    if opts["retries"] < 0:
-        raise NNInvError(f"option retries must be a non-negative integer, got {opts['retries']}")
-    lo, hi = _bounds(opts["bounds"], problem.input_shape, dtype, device)
-    # the augmented Lagrangian only has to come near the solution: in float64 problems
-    # it runs in float32 (twice as fast), and the projection restores full precision
-    wdtype = torch.float32 if opts["precision"] == "mixed" else dtype
+    retries = _positive_int(opts["retries"], "retries", zero=True)
+    seed = opts["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise NNInvError(f"option seed must be an integer, got {seed!r}")
     if opts["precision"] not in ("mixed", "full"):
         raise NNInvError(f"option precision must be 'mixed' or 'full', got {opts['precision']!r}")
+    lo, hi = _bounds(opts["bounds"], problem.input_shape, dtype, device)
+    # the augmented Lagrangian only has to come near the solution: in float64 problems
+    # it runs in float32 (about twice as fast), and the projection restores float64
+    mixed = opts["precision"] == "mixed" and dtype == torch.float64
+    wdtype = torch.float32 if mixed else dtype
 
     fn = _ModelFunctions(problem, dtype)
     cons = _Constraint.build(problem, fn, dtype)
@@ -182,6 +204,7 @@ def invert_optimize(problem: Problem) -> Solution:
         solver.start(u_start.to(wdtype))
         todo = torch.ones(len(sel), dtype=torch.bool, device=device)
         x_all: Tensor | None = None
+        failed = torch.zeros_like(todo)
         for eta_rel in (AL.eta_rel, AL.eta_rel * 1e-3):
             solver.run(todo, eta_rel, max_iter)
             x = sub_w.to_x(solver.u[todo], todo.nonzero().flatten())
@@ -192,7 +215,6 @@ def invert_optimize(problem: Problem) -> Solution:
                 x_all = x
             else:
                 x_all[todo] = x
-            failed = torch.zeros_like(todo)
             failed[todo] = err > goal
             # a row whose projection stalled goes back to the augmented Lagrangian,
             # which now stops much closer to the constraint
@@ -210,7 +232,7 @@ def invert_optimize(problem: Problem) -> Solution:
     # a row that still fails sits in a local infeasibility (a fold of the model, a
     # face of the box): it starts again from a random draw of the prior
     gen = torch.Generator().manual_seed(seed + 1)
-    for _ in range(opts["retries"]):
+    for _ in range(retries):
         sel = failed.nonzero().flatten()
         if sel.numel() == 0:
             break
@@ -240,9 +262,10 @@ def invert_optimize(problem: Problem) -> Solution:
 # --- options --------------------------------------------------------------------------------
 
 
-def _positive_int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise NNInvError(f"option {name} must be a positive integer, got {v!r}")
+def _positive_int(v: Any, name: str, zero: bool = False) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if zero else 1):
+        what = "a non-negative" if zero else "a positive"
+        raise NNInvError(f"option {name} must be {what} integer, got {v!r}")
     return v
 
 
@@ -325,7 +348,7 @@ class _ModelFunctions:
         chain: Chain = problem.chain
         self.kind = output_kind(chain)
         self.last = chain.steps[-1] if chain.steps else None
-        self._head = _split_last(model, self.last) if self.kind != "logits" else None
+        self._head = _split_last(model, self.last)
 
     def full(self, x: Tensor) -> Tensor:
         return self.model(x.reshape(x.shape[0], *self.shape)).reshape(x.shape[0], -1)
@@ -450,7 +473,9 @@ class _Constraint:
         assert self.labels is not None
         lab = self.labels[rows][:, None]
         zc = z.gather(1, lab)[:, 0]
-        others = z.scatter(1, lab, -math.inf)
+        # logits far below the class add nothing but subnormal gradients, which are
+        # slow on CPUs: hold them 60 below it
+        others = torch.maximum(z, zc[:, None] - 60.0).scatter(1, lab, -math.inf)
         g = zc - others.amax(1)
         if self.threshold is not None:
             if self.sigmoid:
@@ -481,7 +506,6 @@ class _Coords:
     shape: tuple[int, ...]
     mus: Tensor | None = None  # (K, n)
     Ls: Tensor | None = None  # (K, n, n)
-    logw: Tensor | None = None  # (K,) log weight minus half log-determinant
     gauss_weight: float = 1.0
     mixture: GaussianMixturePrior | None = None
     extra: list[tuple[float, Any]] = field(default_factory=list)
@@ -510,13 +534,11 @@ class _Coords:
         if isinstance(g, GaussianPrior):
             mu, _, L = g._t(dtype, device)
             mus, Ls = mu[None], L[None]
-            logw = torch.zeros(1, dtype=dtype, device=device)
             mixture = None
         else:
-            weights, mus, _, Ls = g._t(dtype, device)
-            logw = torch.log(weights) - torch.log(Ls.diagonal(dim1=1, dim2=2)).sum(1)
+            _, mus, _, Ls = g._t(dtype, device)
             mixture = g
-        return cls(shape, mus, Ls, logw, w, mixture, terms, prior=prior)
+        return cls(shape, mus, Ls, w, mixture, terms, prior=prior)
 
     @property
     def whitened(self) -> bool:
@@ -641,7 +663,9 @@ def _random_u(
 ) -> Tensor:
     """``k`` random starts: draws of the Gaussian part (or of N(0, I)), clipped to the box."""
     n = math.prod(coords.shape)
-    device = lo.device if lo is not None else (coords.mus.device if coords.mus is not None else None)
+    device = (
+        lo.device if lo is not None else (coords.mus.device if coords.mus is not None else None)
+    )
     noise = torch.randn(k, n, generator=gen, dtype=torch.float64).to(device, dtype)
     x = _clip(coords.to_x(noise, None), lo, hi)
     return coords.to_u(x, None)
@@ -663,8 +687,9 @@ def _choose_components(
     if K <= 1:
         return None, 1
     n_comp = min(n_comp, K)
-    assert coords.mus is not None and coords.Ls is not None and coords.logw is not None
+    assert coords.mus is not None and coords.Ls is not None and coords.mixture is not None
     means = _clip(coords.mus, lo, hi)
+    logw = torch.log(coords.mixture.weights.to(means))
     if cons.kind == "exact":
         assert cons.t is not None
         v, J = _jacobian(cons.F, means, cons.m)  # (K, m), (K, m, n)
@@ -678,13 +703,17 @@ def _choose_components(
         z = torch.linalg.solve_triangular(Lc, diff, upper=False)
         logdet = 2 * torch.log(Lc.diagonal(dim1=1, dim2=2)).sum(1)
         score = -0.5 * (z.pow(2).sum(1) + logdet[:, None])  # (K, N)
-        score = score + torch.log(coords.mixture.weights.to(score))[:, None]  # type: ignore[union-attr]
+        score = score + logw[:, None]
+        if cons.m > 1:
+            # the linearisation misjudges far components: those whose mean the model
+            # already puts in the target's class (largest output) come first
+            same = v.argmax(1)[:, None] == cons.t.argmax(1)[None]  # (K, N)
+            score = torch.where(same, score, score - 1e6)
     else:
         assert cons.labels is not None
         # the margin of each class asked for, and its gradient, at each component's mean
         zs, Jz = _jacobian(cons.F, means, _out_dim(cons, means))
         score = torch.empty(K, N, dtype=means.dtype, device=means.device)
-        logw = torch.log(coords.mixture.weights.to(means))  # type: ignore[union-attr]
         for c in cons.labels.unique().tolist():
             sel = (cons.labels == c).nonzero().flatten()
             with torch.enable_grad():
@@ -695,7 +724,9 @@ def _choose_components(
             sd = (coords.Ls.transpose(1, 2) @ grad[:, :, None])[:, :, 0].norm(dim=1)
             # probability that the class is met under the component, to first order
             logphi = torch.special.log_ndtr((g.detach() - CLASS_MARGIN) / sd.clamp(min=1e-12))
-            score[:, sel] = (logphi + logw)[:, None]
+            # as above, components whose mean is already in the class come first
+            penalty = torch.where(zs.argmax(1) == c, 0.0, 1e6)
+            score[:, sel] = (logphi + logw - penalty)[:, None]
     top = score.topk(n_comp, dim=0).indices.T  # (N, n_comp)
     return top.contiguous(), n_comp
 
