@@ -414,13 +414,19 @@ class GaussianMixturePrior(Prior):
         # up-casts distances block by block and dominated the fit time on MNIST
         rng = np.random.default_rng(seed)
         sub = Xf.numpy()[rng.choice(N, size=min(N, max(6000, 100 * n_components)), replace=False)]
-        inits = [kmeans_plusplus(sub, n_components, random_state=seed + i)[0] for i in range(
-            n_init)]
+        inits = [
+            kmeans_plusplus(sub, n_components, random_state=seed + i)[0] for i in range(n_init)
+        ]
         X32 = Xf.to(torch.float32).numpy()
         best = None
         for init in inits:
-            km = KMeans(n_components, init=init.astype(np.float32), n_init=1,
-                        max_iter=max_iter, random_state=seed).fit(X32)
+            km = KMeans(
+                n_components,
+                init=init.astype(np.float32),
+                n_init=1,
+                max_iter=max_iter,
+                random_state=seed,
+            ).fit(X32)
             if best is None or km.inertia_ < best.inertia_:
                 best = km
         assert best is not None
