@@ -334,6 +334,200 @@ def test_prior_samples():
     assert s.method == "exact" and out_err(f, s.x, y) <= TOL["output"]
 
 
+#: Tolerances of the sampling tests (float64, seeded): moments and probabilities
+#: against exact values, a few standard errors at the effective sample sizes reached.
+MC = {"mean": 0.02, "prob": 0.025, "sd": 0.02, "rhat": 1.05, "z": 4.0}
+
+
+def _line_model(w, n=None):
+    """A linear model with one output, weights ``w``, no bias: its preimage of 0 is a
+    hyperplane through the origin."""
+    w = torch.as_tensor(w, dtype=D)
+    f = nn.Sequential(nn.Linear(w.numel(), 1)).to(D)
+    with torch.no_grad():
+        f[0].weight.copy_(w[None])
+        f[0].bias.zero_()
+    return f
+
+
+def test_billiard_is_the_default_and_uniform_on_a_triangle():
+    # class 0 of z = (1, x0 + x1) on [0, 1]^2 is the triangle x0 + x1 <= 1 (an inequality
+    # wall G x <= g as well as box walls): mean 1/3, E x0^2 = 1/6, P(x0 < 1/2) = 3/4
+    f = nn.Sequential(nn.Linear(2, 2)).to(D)
+    with torch.no_grad():
+        f[0].weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        f[0].bias.copy_(torch.tensor([1.0, 0.0]))
+    pre = preimage(f, ClassTarget(0), bounds=(0, 1))
+    assert pre.kind == "class"
+    s = pre.draw(4000, seed=0, chains=20)
+    assert s.method == "billiard" and s.acceptance == 1.0 and s.info["bounces"] > 0
+    assert s.rhat < MC["rhat"] and s.ess > 1000
+    x = s.x
+    assert float(x.sum(1).max()) <= 1 + 1e-12 and bool(((x >= 0) & (x <= 1)).all())
+    assert torch.allclose(x.mean(0), torch.full((2,), 1 / 3, dtype=D), atol=MC["mean"])
+    assert abs(float(x[:, 0].pow(2).mean()) - 1 / 6) < MC["mean"]
+    assert abs(float((x[:, 0] < 0.5).double().mean()) - 0.75) < MC["prob"]
+
+
+def test_billiard_rounds_a_long_thin_set():
+    # x1 = x2 in [0, 100] x [0, 1] x [0, 1]: a 100 x 1.4 rectangle; uniform x0 has mean
+    # 50 and sd 100 / sqrt(12). Rounding gives x0 a velocity a hundred times larger.
+    f = _line_model([0.0, 1.0, -1.0])
+    pre = preimage(
+        f, torch.zeros(1, 1, dtype=D), bounds=(torch.zeros(3), torch.tensor([100, 1, 1]))
+    )
+    s = pre.draw(2000, seed=1, chains=20)
+    assert s.info["rounded"] and s.rhat < MC["rhat"]
+    assert float((s.x[:, 1] - s.x[:, 2]).abs().max()) <= TOL["output"]
+    # a long set: the tolerance is four standard errors at the reported ESS
+    assert abs(float(s.x[:, 0].mean()) / 100 - 0.5) < MC["z"] / math.sqrt(12 * s.ess)
+    assert abs(float(s.x[:, 0].std()) / 100 - 1 / math.sqrt(12)) < MC["sd"]
+    assert abs(float(s.x[:, 1].mean()) - 0.5) < MC["mean"]
+
+
+@pytest.mark.parametrize("method", ["billiard", "hit-and-run", "prior"])
+def test_draws_are_deterministic_for_a_seed(method):
+    data = torch.rand(200, 6, generator=torch.Generator().manual_seed(0), dtype=D)
+    prior = GaussianPrior.fit(data) if method == "prior" else None
+    f = one_layer(n=6, m=2)
+    pre = preimage(f, f(data[:1]).detach(), bounds=(0, 1))
+    a = pre.draw(12, seed=5, method=method, prior=prior, chains=4, burn=10)
+    b = pre.draw(12, seed=5, method=method, prior=prior, chains=4, burn=10)
+    c = pre.draw(12, seed=6, method=method, prior=prior, chains=4, burn=10)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    assert out_err(f, a.x, f(data[:1])) <= TOL["output"]
+
+
+@pytest.mark.parametrize("mu, sd", [(0.3, 0.5), (-1.0, 0.4), (0.5, 4.0)])
+def test_prior_on_a_segment_is_the_truncated_normal(mu, sd):
+    # x0 = x1 in [0, 1]^2 under N((mu, mu), sd^2 I): along the segment x = (t, t), t is
+    # N(mu, sd^2 / 2) truncated to [0, 1] (the mean far outside in one case)
+    from scipy.stats import truncnorm
+
+    prior = GaussianPrior(torch.full((2,), mu, dtype=D), sd**2 * torch.eye(2, dtype=D))
+    pre = preimage(_line_model([1.0, -1.0]), torch.zeros(1, 1, dtype=D), bounds=(0, 1))
+    s = pre.draw(4000, seed=0, prior=prior, chains=20)
+    assert s.method == "prior" and s.acceptance == 1.0 and s.rhat < MC["rhat"]
+    t = s.x[:, 0].numpy()
+    assert float((s.x[:, 0] - s.x[:, 1]).abs().max()) <= TOL["output"]
+    scale = sd / math.sqrt(2)
+    ref = truncnorm((0 - mu) / scale, (1 - mu) / scale, loc=mu, scale=scale)
+    assert abs(t.mean() - ref.mean()) < MC["mean"] * 0.5
+    assert abs(t.std() - ref.std()) < MC["sd"] * 0.5
+    assert abs((t < 0.5).mean() - ref.cdf(0.5)) < MC["prob"]
+
+
+def test_prior_on_a_square_matches_rejection_sampling():
+    # a correlated 2-D Gaussian truncated to [0, 1]^2 (no equality): exact HMC against
+    # the exact answer of rejection sampling, with 200 000 proposals
+    mean = torch.tensor([0.2, 0.9], dtype=D)
+    cov = torch.tensor([[0.3, 0.2], [0.2, 0.4]], dtype=D)
+    prior = GaussianPrior(mean, cov)
+    f = nn.Sequential(nn.Linear(2, 2), nn.Softmax(dim=1)).to(D)
+    pre = preimage(f, ClassTarget(0), bounds=(0, 1))
+    with torch.no_grad():
+        f[0].weight.zero_()
+        f[0].bias.zero_()
+    pre = preimage(f, ClassTarget(0), bounds=(0, 1))  # ties count: the whole square
+    assert pre.dim == 2
+    s = pre.draw(6000, seed=2, prior=prior, chains=20)
+    assert s.rhat < MC["rhat"]
+    z = prior.sample(200_000, seed=0)
+    z = z[((z >= 0) & (z <= 1)).all(1)]
+    assert torch.allclose(s.x.mean(0), z.mean(0), atol=MC["mean"])
+    assert torch.allclose(s.x.std(0), z.std(0), atol=MC["sd"])
+    assert (
+        abs(float((s.x[:, 0] < s.x[:, 1]).double().mean() - (z[:, 0] < z[:, 1]).double().mean()))
+        < MC["prob"]
+    )
+
+
+def test_mixture_prior_on_a_segment_matches_quadrature():
+    from nninv.priors import GaussianMixturePrior
+
+    # two components on the segment x0 = x1; the restricted density of t is
+    # sum_k w_k N((t, t); mu_k, Sigma_k) on [0, 1], integrated on a fine grid
+    means = torch.tensor([[0.1, 0.2], [0.8, 0.7]], dtype=D)
+    covs = torch.stack(
+        [0.05 * torch.eye(2, dtype=D), torch.tensor([[0.04, 0.01], [0.01, 0.03]], dtype=D)]
+    )
+    prior = GaussianMixturePrior(torch.tensor([0.3, 0.7], dtype=D), means, covs)
+    pre = preimage(_line_model([1.0, -1.0]), torch.zeros(1, 1, dtype=D), bounds=(0, 1))
+    s = pre.draw(4000, seed=0, prior=prior, chains=20)
+    assert s.info["components"] == 2 and s.info["jumps"] > 0.2 and s.rhat < MC["rhat"]
+    t = torch.linspace(0, 1, 20001, dtype=D)
+    dens = prior.log_prob(torch.stack([t, t], 1)).exp()
+    dens = dens / torch.trapezoid(dens, t)
+    mean = float(torch.trapezoid(t * dens, t))
+    low = float(torch.trapezoid(dens * (t < 0.5), t))
+    assert abs(float(s.x[:, 0].mean()) - mean) < MC["mean"]
+    assert abs(float((s.x[:, 0] < 0.5).double().mean()) - low) < MC["prob"]
+
+
+def test_prior_respects_inequality_walls():
+    # the prior restricted to a class polytope with an equality: every member keeps both
+    data = torch.rand(300, 8, generator=torch.Generator().manual_seed(1), dtype=D)
+    prior = GaussianPrior.fit(data)
+    torch.manual_seed(3)
+    f = nn.Sequential(nn.Linear(8, 3), nn.ReLU()).to(D)
+    x = data[:1]
+    y = f(x).detach()
+    pre = preimage(f, y, bounds=(0, 1))
+    s = pre.draw(200, seed=0, prior=prior, chains=10)
+    assert out_err(f, s.x, y) <= TOL["output"] and bool(pre.contains(s.x).all())
+    assert bool(((s.x >= 0) & (s.x <= 1)).all())
+
+
+def test_harmonic_hit_times_match_a_fine_time_grid():
+    from nninv._polytope import _harmonic_rates
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, (100, 1))
+    b = rng.standard_normal((100, 1))
+    wu = a + rng.uniform(0, 1.5, (100, 1))  # walls above and below the start
+    wl = a - rng.uniform(0, 1.5, (100, 1))
+    inv_u, inv_l = _harmonic_rates(a, b, wu, wl)
+    grid = np.linspace(0, np.pi, 50_001)[1:]
+    path = a * np.cos(grid) + b * np.sin(grid)  # (100, T)
+    for inv, out in ((inv_u, path >= wu), (inv_l, path <= wl)):
+        hit = out.any(1)
+        first = grid[out.argmax(1)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(inv[:, 0] > 0, 2 * np.arctan(1 / inv[:, 0]), np.inf)
+        assert np.array_equal(np.isfinite(t), hit)
+        assert np.abs(t[hit] - first[hit]).max() < 2 * (grid[1] - grid[0])
+    # on the upper wall and moving out: an immediate hit; moving in: none soon
+    iu, _ = _harmonic_rates(
+        np.array([[0.5]]), np.array([[1.0]]), np.array([[0.5]]), np.array([[-1.0]])
+    )
+    assert iu[0, 0] == np.inf
+    iu, _ = _harmonic_rates(
+        np.array([[0.5]]), np.array([[-1.0]]), np.array([[0.5]]), np.array([[-1.0]])
+    )
+    assert not iu[0, 0] > 0
+
+
+def test_billiard_rejects_trajectories_with_too_many_bounces():
+    poly, _ = Polyhedron.from_constraints(
+        None, None, None, None, torch.zeros(3, dtype=D), torch.ones(3, dtype=D)
+    )
+    gen = torch.Generator().manual_seed(0)
+    X0 = poly.starts(4, gen)
+    w = poly.billiard(
+        X0, keep=3, thin=1, burn=0, gen=gen, monitor=torch.eye(3, dtype=D),
+        dynamics=poly.rounded(torch.rand(10, 4, 3, dtype=D), time=50.0), max_bounces=0,
+    )  # fmt: skip
+    assert w.info["rejected"] == 1.0
+    assert torch.equal(w.x, X0[:, None].expand(-1, 3, -1))
+
+
+def test_old_hit_and_run_still_runs():
+    f = one_layer(n=10, m=2)
+    y = f(rand_x(10)).detach()
+    s = preimage(f, y, bounds=(0, 1)).draw(8, seed=0, method="hit-and-run", burn=40, thin=4)
+    assert s.method == "hit-and-run" and out_err(f, s.x, y) <= TOL["output"]
+
+
 def test_ess_and_rhat_on_independent_chains():
     rng = np.random.default_rng(0)
     ess, rhat = ess_rhat(rng.standard_normal((1000, 4, 2)))

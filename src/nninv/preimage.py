@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from ._chain import Affine, Chain, Elementwise, Shift, Step, Unsupported, analyse, eval_mode
 from ._errors import NNInvError
 from ._linalg import factor
-from ._polytope import Polyhedron, Walk, ess_rhat
+from ._polytope import Dynamics, MixtureMoves, Polyhedron, Walk, ess_rhat
 from ._target import as_output, check_range, class_shortfall
 from .priors import GaussianMixturePrior, GaussianPrior, Prior
 from .targets import ClassTarget
@@ -59,7 +59,7 @@ _F64 = torch.float64
 #: and on bounds and region constraints in input units.
 DEFAULT_TOL = 1e-6
 
-_METHODS = ("auto", "hit-and-run", "prior")
+_METHODS = ("auto", "billiard", "hit-and-run", "prior")
 
 
 # --- results ---------------------------------------------------------------------------
@@ -74,25 +74,33 @@ class Samples:
     x : Tensor
         ``(n, *input_shape)`` float64 members.
     method : str
-        ``"hit-and-run"`` (uniform on the bounded set), ``"prior"`` (the prior
-        restricted to the set), ``"manifold-walk"`` (uniform on a curved set,
-        constrained random walk), ``"manifold-prior"`` or ``"exact"``
-        (independent draws, no chain).
+        ``"billiard"`` or ``"hit-and-run"`` (uniform on the bounded set),
+        ``"prior"`` (the prior restricted to the set, exact HMC),
+        ``"manifold-walk"`` (uniform on a curved set, constrained random
+        walk), ``"manifold-prior"`` or ``"exact"`` (independent draws, no
+        chain).
     ess : float
-        Smallest effective sample size over the monitored projections, over
-        the whole trace after burn-in (``nan`` for exact draws: they are
-        independent, so ``ess = n``).
+        Smallest effective sample size over the monitored functionals (four
+        random directions inside the set's affine hull and four random input
+        entries), over the whole trace after burn-in (``nan`` for exact
+        draws: they are independent, so ``ess = n``).
     rhat : float
-        Largest split R-hat over the monitored projections; near 1 (below
+        Largest split R-hat over the monitored functionals; near 1 (below
         about 1.01-1.05) when the chains have mixed.
     acceptance : float
-        Fraction of accepted moves (1 for hit-and-run, which never rejects).
+        Fraction of accepted moves (1 for hit-and-run and exact HMC, which
+        never reject; a billiard trajectory is rejected only after
+        ``20 (n + p) + 1000`` reflections).
     chains, steps, burn, thin : int
         Chains run in parallel, steps per chain (burn-in included), burn-in
         steps, and the spacing of the kept states.
     seconds : float
     info : dict
-        Method details (e.g. ``"step_size"`` of the manifold walk).
+        Method details: ``"step_size"`` of the manifold walk; for the
+        reflective samplers ``"bounces"`` (reflections per trajectory),
+        ``"time"`` (mean travel time), ``"rounded"`` (billiard),
+        ``"components"`` and ``"jumps"`` (the acceptance rate of jumps between
+        mixture components).
     """
 
     x: Tensor
@@ -724,39 +732,58 @@ class Preimage:
         burn: int | None = None,
         thin: int | None = None,
     ) -> Samples:
-        """Draw ``n`` members with a Markov chain and report how well it mixed.
+        """Draw ``n`` members with Markov chains and report how well they mixed.
 
         Parameters
         ----------
         n : int
             Number of members.
         seed : int, optional
-            Seeds the chains (reproducible for a given seed).
-        method : {"auto", "hit-and-run", "prior"}
-            ``"hit-and-run"``: uniform on the bounded set (Smith 1984): a random
-            direction inside the set's affine hull, the chord through the
-            current point, a uniform point on it. ``"prior"``: the prior
-            restricted to the set (Gaussian or Gaussian mixture priors: the
-            exact conditional along each chord, with chord directions drawn
-            from the prior's conditional covariance; a mixture's component is
-            resampled by Gibbs steps). Without bounds or other inequalities
-            the conditional is sampled exactly, without a chain. ``"auto"``:
-            ``"prior"`` when a prior is given. On a ``"manifold"`` both run a
-            constrained random walk that projects each proposal back onto the
-            set (Zappa, Holmes-Cerfon & Goodman 2018), with a Metropolis test
-            against the prior's density for ``"prior"``.
+            Seeds the chains (the same seed gives the same members).
+        method : {"auto", "billiard", "hit-and-run", "prior"}
+            ``"billiard"``: uniform on the bounded set, by reflective
+            Hamiltonian Monte Carlo with no potential (a billiard walk): a
+            Gaussian velocity inside the set's affine hull, straight flight for
+            a random time, specular reflection at every bound it meets (hit
+            times in closed form). During burn-in the velocities are rounded by
+            the spread of each input over the chains, in doubling windows
+            (rounding as in Lovász & Vempala 2006).
+            ``"hit-and-run"``: uniform, by hit-and-run along projected
+            coordinate axes (Smith 1984); it mixes far more slowly on large sets
+            (its autocorrelation time grows like the square of the dimension)
+            and is kept as a baseline. ``"prior"``: the prior restricted to the
+            set (Gaussian or Gaussian mixture priors), by exact HMC for
+            truncated Gaussians (Pakman & Paninski 2014): in coordinates where
+            the prior's conditional Gaussian on the affine hull is standard,
+            trajectories are ``z cos t + v sin t`` with reflections at the
+            bounds, never rejected; a mixture's component is resampled before
+            each trajectory by a Gibbs step and a Metropolis jump that keeps
+            the whitened coordinates (:class:`~nninv._polytope.MixtureMoves`;
+            well separated components may still not mix, which R-hat shows).
+            Without bounds or other
+            inequalities the conditional is sampled exactly, without a chain.
+            ``"auto"``: ``"prior"`` when a prior is given, else ``"billiard"``.
+            On a ``"manifold"`` the uniform methods run a constrained random
+            walk that projects each proposal back onto the set (Zappa,
+            Holmes-Cerfon & Goodman 2018), with a Metropolis test against the
+            prior's density for ``"prior"``.
         prior : Prior, optional
             For ``method="prior"``.
         chains : int, optional
             Chains run in parallel (default ``min(n, 32)``).
         burn, thin : int, optional
             Steps discarded at the start of each chain, and spacing of the kept
-            states (defaults grow with the dimension; see ``Samples.steps``).
+            states. A step is one trajectory for ``"billiard"`` (defaults 20
+            and 1; the velocities are rounded during burn-in) and ``"prior"``
+            (defaults 10 and 1), and one chord for ``"hit-and-run"`` (defaults
+            ``10 dim`` and ``dim``).
 
         Returns
         -------
         Samples
-            The members and ``ess``, ``rhat``, ``acceptance``.
+            The members and ``ess``, ``rhat``, ``acceptance``; for the
+            reflective methods ``info["bounces"]`` (reflections per trajectory)
+            and ``info["time"]`` (mean travel time).
 
         Raises
         ------
@@ -766,8 +793,14 @@ class Preimage:
 
         References
         ----------
-        Smith (1984), Operations Research 32(6). Zappa, Holmes-Cerfon & Goodman
-        (2018), "Monte Carlo on manifolds: sampling densities and integrating
+        Smith (1984), Operations Research 32(6). Pakman & Paninski (2014),
+        "Exact Hamiltonian Monte Carlo for truncated multivariate Gaussians",
+        J. Comput. Graph. Stat. 23(2). Gryazina & Polyak (2014), "Random
+        sampling: billiard walk algorithm", European J. Oper. Res. 238(2).
+        Afshar & Domke (2015), "Reflection, refraction, and Hamiltonian Monte
+        Carlo", NeurIPS 28. Lovász & Vempala (2006), "Hit-and-run from a
+        corner", SIAM J. Comput. 35(4). Zappa, Holmes-Cerfon & Goodman (2018),
+        "Monte Carlo on manifolds: sampling densities and integrating
         functions", Comm. Pure Appl. Math. 71(12).
         """
         self._require_nonempty("sample from it")
@@ -777,7 +810,7 @@ class Preimage:
             raise NNInvError(f"n must be a positive integer, got {n!r}")
         n = int(n)
         if method == "auto":
-            method = "prior" if prior is not None else "hit-and-run"
+            method = "prior" if prior is not None else "billiard"
         if method == "prior":
             if prior is None:
                 raise NNInvError("method='prior' needs prior=...")
@@ -812,24 +845,72 @@ class Preimage:
             return Samples(x, "exact", math.nan, math.nan, 1.0, 0, 0, 0, 1, 0.0, {"point": True})
         if self._poly is None:
             return self._draw_manifold(n, C, per, burn, thin, gen, prior)
-        d = max(self.dim, 1)
+        poly = self._poly
         monitor = self._monitor(gen)
-        t0 = time.perf_counter()
         if method == "hit-and-run":
             # the walk's autocorrelation time is a few times the dimension
+            d = max(self.dim, 1)
             burn = 10 * d if burn is None else burn
             thin = d if thin is None else thin
-            X0 = self._poly.starts(C, gen)
-            w = self._poly.walk(X0, keep=per, thin=thin, burn=burn, gen=gen, monitor=monitor)
+            X0 = poly.starts(C, gen)
+            w = poly.walk(X0, keep=per, thin=thin, burn=burn, gen=gen, monitor=monitor)
             return self._samples(w, n, "hit-and-run", 1.0, C, {})
+        # a trajectory crosses the set; exact HMC forgets its start within a few
+        thin = 1 if thin is None else thin
+        if method == "billiard":
+            burn = 20 if burn is None else burn
+            X0 = poly.starts(C, gen)
+            w, info = self._reflect(X0, per, thin, burn, gen, monitor, poly.uniform_dynamics())
+            return self._samples(w, n, "billiard", 1.0 - info["rejected"], C, info)
         assert prior is not None
-        return self._draw_prior(n, C, per, burn, thin, gen, prior, monitor, t0)
+        burn = 10 if burn is None else burn
+        return self._draw_prior(n, C, per, burn, thin, gen, prior, monitor)
+
+    def _reflect(
+        self,
+        X0: Tensor,
+        per: int,
+        thin: int,
+        burn: int,
+        gen: torch.Generator,
+        monitor: Tensor,
+        dyn: Dynamics,
+        component: MixtureMoves | None = None,
+    ) -> tuple[Walk, dict[str, Any]]:
+        poly = self._poly
+        assert poly is not None
+        uniform = dyn.mean is None
+        rounded: list[bool] = []
+
+        def adapt(states: Tensor) -> Dynamics | None:
+            new = poly.rounded(states)
+            rounded.append(new is not None)
+            return new
+
+        w = poly.billiard(
+            X0,
+            keep=per,
+            thin=thin,
+            burn=burn,
+            gen=gen,
+            monitor=monitor,
+            dynamics=dyn,
+            component=component,
+            adapt=adapt if uniform else None,
+        )
+        info: dict[str, Any] = dict(w.info)
+        if uniform:
+            info["rounded"] = any(rounded)
+        return w, info
 
     def _monitor(self, gen: torch.Generator, q: int = 4) -> Tensor:
-        """Random unit directions inside the affine hull, for the diagnostics."""
+        """What the diagnostics watch: ``q`` random unit directions inside the affine
+        hull and ``q`` random input entries among those that can move."""
         assert self._poly is not None
         D = self._poly._directions(q, gen)
-        return D
+        moving = (self._poly.null_basis().pow(2).sum(1) > 1e-12).nonzero()[:, 0]
+        pick = moving[torch.randperm(moving.numel(), generator=gen)[:q]]
+        return torch.cat([D, torch.eye(self.n, dtype=_F64)[pick]])
 
     def _samples(
         self, w: Walk, n: int, method: str, acc: float, C: int, info: dict[str, Any]
@@ -855,25 +936,16 @@ class Preimage:
         n: int,
         C: int,
         per: int,
-        burn: int | None,
-        thin: int | None,
+        burn: int,
+        thin: int,
         gen: torch.Generator,
         prior: Prior,
         monitor: Tensor,
-        t0: float,
     ) -> Samples:
         poly = self._poly
         assert poly is not None
+        t0 = time.perf_counter()
         E, e = poly.E, poly.e
-        if isinstance(prior, GaussianPrior):
-            mus = prior.mean[None]
-            covs = prior.covariance[None]
-            logw = torch.zeros(1, dtype=_F64)
-        else:
-            assert isinstance(prior, GaussianMixturePrior)
-            mus, covs, logw = prior.means, prior.covariances, torch.log(prior.weights)
-        K = mus.shape[0]
-        Ls = torch.linalg.cholesky(covs)
         unbounded = poly.G.shape[0] == 0 and not bool(
             torch.isfinite(poly.lo).any() | torch.isfinite(poly.hi).any()
         )
@@ -897,89 +969,25 @@ class Preimage:
                 time.perf_counter() - t0,
                 {"independent": True},
             )
-        # Per component: directions with the conditional covariance inside the hull,
-        # W_k = (I - K_k E) L_k, and the precision for the exact draw along a chord.
-        if E.shape[0]:
-            S = E @ covs @ E.T  # (K, r, r)
-            Kk = torch.linalg.solve(S, E @ covs).transpose(1, 2)  # (K, n, r)
-            W = Ls - Kk @ (E @ Ls)
+        moves = None
+        if isinstance(prior, GaussianPrior):
+            dyn = poly.gaussian_dynamics(prior.mean[None], prior.covariance[None])
         else:
-            W = Ls
-        P = torch.cholesky_inverse(Ls)
-        comp = torch.zeros(C, dtype=torch.long)
-
-        def comp_logp(X: Tensor) -> Tensor:
-            diff = (X[None] - mus[:, None]).transpose(1, 2)  # (K, n, C)
-            z = torch.linalg.solve_triangular(Ls, diff, upper=False)
-            logdet = 2 * torch.log(Ls.diagonal(dim1=1, dim2=2)).sum(1)
-            return (-0.5 * (z.pow(2).sum(1) + logdet[:, None]) + logw[:, None]).T  # (C, K)
-
-        def gibbs(X: Tensor, g: torch.Generator) -> None:
-            if K > 1:
-                comp[:] = torch.multinomial(torch.softmax(comp_logp(X), 1), 1, generator=g)[:, 0]
-
-        ET = E.T.contiguous()
-        count = [0]
-
-        def directions(X: Tensor, g: torch.Generator) -> Tensor:
-            # Alternate two kinds of direction: the prior's conditional covariance
-            # (long moves where the prior is correlated) and projected coordinate axes
-            # e_j - E^T E e_j (which lift single pixels off their bounds, where dense
-            # directions have chords of length zero).
-            count[0] += 1
-            C_ = X.shape[0]
-            if count[0] % 2:
-                j = torch.randint(self.n, (C_,), generator=g)
-                D = -(ET[j] @ E) if E.shape[0] else torch.zeros(C_, self.n, dtype=_F64)
-                D[torch.arange(C_), j] += 1.0
-                return D
-            xi = torch.randn(C_, self.n, generator=g, dtype=_F64)
-            D = torch.empty_like(xi)
-            for k in comp.unique().tolist():
-                sel = comp == k
-                D[sel] = xi[sel] @ W[k].T
+            assert isinstance(prior, GaussianMixturePrior)
+            dyn = poly.gaussian_dynamics(prior.means, prior.covariances)
             if E.shape[0]:
-                D = D - (D @ E.T) @ E  # rounding only
-            return D
-
-        def line(X: Tensor, D: Tensor, tmin: Tensor, tmax: Tensor, g: torch.Generator) -> Tensor:
-            a = torch.empty(X.shape[0], dtype=_F64)
-            b = torch.empty_like(a)
-            for k in comp.unique().tolist():
-                sel = comp == k
-                PD = D[sel] @ P[k]
-                a[sel] = (PD * D[sel]).sum(1)
-                b[sel] = (PD * (X[sel] - mus[k])).sum(1)
-            return _truncated_normal(-b / a, a.rsqrt(), tmin, tmax, g)
-
-        # start from independent conditional draws (ignoring the bounds), projected in
-        d = max(self.dim, 1)
-        post = prior.posterior(E) if E.shape[0] else None
-        if post is not None:
-            Z = post.sample(e[None], C, generator=gen)[0]
-        else:
-            Z = prior.sample(C, seed=int(torch.randint(2**62, (1,), generator=gen))).reshape(C, -1)
-        # projections sit on many bounds at once, where every direction that keeps
-        # E x = e has a chord of length zero; a tenth of the way to the centre of
-        # the largest inscribed ball is strictly inside (the set is convex)
-        centre, _ = poly.centre()
-        assert centre is not None
-        X0 = 0.9 * torch.stack([poly.project(z).x for z in Z]) + 0.1 * centre
-        gibbs(X0, gen)
-        burn = 4 * d if burn is None else burn
-        thin = max(1, d // 2) if thin is None else thin
-        w = poly.walk(
-            X0,
-            keep=per,
-            thin=thin,
-            burn=burn,
-            gen=gen,
-            monitor=monitor,
-            line=line,
-            directions=directions,
-            every=gibbs,
-        )
-        return self._samples(w, n, "prior", 1.0, C, {"components": K})
+                c = prior.posterior(E).weights(e[None])
+                assert c is not None
+                log_c = torch.log(c[0])
+            else:
+                log_c = torch.log(prior.weights)
+            moves = MixtureMoves(poly, dyn, prior.component_log_prob, log_c)
+        X0 = poly.starts(C, gen)
+        w, info = self._reflect(X0, per, thin, burn, gen, monitor, dyn, moves)
+        info["components"] = int(dyn.scale.shape[0])
+        if moves is not None:
+            info["jumps"] = moves.accepted / max(1, moves.proposed)
+        return self._samples(w, n, "prior", 1.0 - info["rejected"], C, info)
 
     def _draw_manifold(
         self,
@@ -1064,26 +1072,6 @@ class Preimage:
             C,
             {"step_size": float(sigma.mean())},
         )
-
-
-def _truncated_normal(
-    mean: Tensor, sd: Tensor, lo: Tensor, hi: Tensor, gen: torch.Generator
-) -> Tensor:
-    """Draws of ``N(mean, sd^2)`` restricted to ``[lo, hi]``, by the inverse CDF.
-
-    Intervals in the upper tail are mirrored into the lower tail, where the CDF
-    keeps its relative precision.
-    """
-    a, b = (lo - mean) / sd, (hi - mean) / sd
-    flip = a > 0
-    a2 = torch.where(flip, -b, a)
-    b2 = torch.where(flip, -a, b)
-    Fa, Fb = torch.special.ndtr(a2), torch.special.ndtr(b2)
-    u = Fa + torch.rand(mean.shape, generator=gen, dtype=mean.dtype) * (Fb - Fa)
-    z = torch.special.ndtri(u.clamp(min=torch.finfo(mean.dtype).tiny))
-    z = torch.minimum(torch.maximum(z, a2), b2)
-    z = torch.where(flip, -z, z)
-    return (mean + sd * z).clamp(min=lo, max=hi)
 
 
 def _manifold_step(

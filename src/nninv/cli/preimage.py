@@ -3,7 +3,7 @@
 The seed's pigeonhole argument, made visible: a 784 -> 10 model sends a
 774-dimensional set of images to every output it produces. This command takes
 one input ``x``, describes the preimage of ``y = f(x)`` within the bounds with
-:func:`nninv.preimage`, and draws members of it: uniform samples (hit-and-run),
+:func:`nninv.preimage`, and draws members of it: uniform samples (billiard walk),
 samples from a prior fitted on data (when given), and the members closest to
 other images (exact projections). Every image in the figure reproduces ``y``;
 the printed table measures it by running the model.
@@ -34,8 +34,8 @@ few seconds on the embedded MNIST digits (--dataset), x0 is held-out digit
 or TorchScript, read by nninv.load_model), give x0 with --input X.npy and
 optionally --prior-data X.npy.
 
-Rows of the figure: x0; uniform samples of the set (hit-and-run); samples of
-the prior restricted to the set; and the members closest to other images
+Rows of the figure: x0; uniform samples of the set (billiard walk); samples of
+the prior restricted to the set (exact HMC); and the members closest to other images
 (other digits, or --others X.npy), each found by an exact projection.
 
 Exit status: 0 on success, 1 when the preimage is empty (the reason is
@@ -94,10 +94,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--bounds", default="0,1", metavar="LO,HI", help="input bounds (default: 0,1)"
     )
     parser.add_argument(
-        "--burn", type=int, metavar="B", help="burn-in steps of each chain (default: 10 x dim)"
+        "--burn",
+        type=int,
+        metavar="B",
+        help="burn-in trajectories of each chain (default: the sampler's, 20)",
     )
     parser.add_argument(
-        "--thin", type=int, metavar="T", help="steps between kept states (default: dim)"
+        "--thin",
+        type=int,
+        default=10,
+        metavar="T",
+        help="trajectories between kept states; one state per chain is kept, so the "
+        "diagnostics see T trajectories of each (default: 10)",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     parser.add_argument(
@@ -188,16 +196,14 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     uni = pre.draw(n, seed=args.seed, chains=n, burn=args.burn, thin=args.thin)
     rows["uniform"] = uni.x
-    stats.append(("uniform (hit-and-run)", uni))
+    stats.append((f"uniform ({uni.method})", uni))
     if args.prior != "none" and data is not None:
         X = torch.from_numpy(np.asarray(data, dtype=np.float64))
         if args.prior == "gaussian":
             prior = GaussianPrior.fit(X)
         else:
             prior = GaussianMixturePrior.fit(X[:3000], n_components=args.components, seed=args.seed)
-        burn = args.burn if args.burn is not None else 2 * pre.dim
-        thin = args.thin if args.thin is not None else max(1, pre.dim // 4)
-        pr = pre.draw(n, seed=args.seed, prior=prior, chains=n, burn=burn, thin=thin)
+        pr = pre.draw(n, seed=args.seed, prior=prior, chains=n, burn=args.burn, thin=args.thin)
         rows[f"{args.prior} prior"] = pr.x
         stats.append((f"{args.prior} prior", pr))
     if others is not None and len(others):
