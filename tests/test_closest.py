@@ -260,3 +260,121 @@ def test_bad_inputs_raise(kwargs, match):
 
 def test_exported():
     assert nninv.closest is closest and nninv.Closest is Closest
+
+
+# --- the MILP's reductions: lazy rivals, monotone neurons, incumbent radius -----------------
+
+
+def _milp_optimum(f, x0, c, **kw):
+    """Solve the linf MILP over [0, 1]^n directly, with interval bounds only."""
+    from nninv._chain import analyse
+    from nninv._milp import PLNet, encode, interval_bounds, solve_milp
+    from nninv.preimage import pl_slope
+
+    net = PLNet.from_steps(list(analyse(f, None).steps), f[0].in_features, pl_slope)
+    lo, hi = np.zeros(net.n_in), np.ones(net.n_in)
+    b = interval_bounds(net, lo, hi)
+    enc = encode(net, b, lo, hi, x0=x0, norm="linf", label=c, **kw)
+    res = solve_milp(enc, None, 60.0, 1e-9)
+    return res, net, enc
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_monotone_neurons_keep_the_optimum(slope):
+    """Binaries of last-layer neurons that only hurt the class can be relaxed: same optimum,
+    and the relaxed optimum's input is in the class (checked on the network)."""
+    from nninv._milp import monotone_neurons
+
+    n_freed = 0
+    for seed in range(6):
+        f = mlp([3, 6, 4], seed, slope, gain=2.0)
+        x0 = torch.rand(3, generator=torch.Generator().manual_seed(seed), dtype=D).numpy()
+        c = runner_up(f, torch.from_numpy(x0))
+        full, net, _ = _milp_optimum(f, x0, c)
+        mono, _, enc = _milp_optimum(f, x0, c, monotone=True)
+        assert full["status"] == mono["status"]
+        if full["status"] != 0:
+            continue
+        free = monotone_neurons(net, c)
+        n_freed += int(free.sum())
+        assert enc.info["n_binaries"] == int(enc.integrality.sum())
+        assert mono["fun"] == pytest.approx(full["fun"], abs=TOL["distance"])
+        out = net.forward(mono["x"][None, : net.n_in])[0]
+        assert out[c] >= np.delete(out, c).max() - 1e-6
+    assert n_freed > 0  # not vacuous
+
+
+def test_lazy_rivals_agree_with_brute_force(monkeypatch):
+    """Rivals left out of the MILP are added back when its optimum violates them. Without
+    the gradient search's point only the top class is a rival at first, so the re-solve
+    path runs."""
+    monkeypatch.setattr(sys.modules["nninv.closest"], "_attack", lambda *a, **k: (None, {}))
+    rounds = []
+    for seed in range(8):
+        f = mlp([3, 6, 6], seed, gain=2.0)
+        x0 = torch.rand(3, generator=torch.Generator().manual_seed(seed), dtype=D)
+        with torch.no_grad():
+            top = int(f(x0[None]).argmax())
+        for c in (j for j in range(6) if j != top):
+            res = closest(f, x0, ClassTarget(c), norm="linf")
+            bf = brute_force(f, x0.numpy(), c, "linf")
+            if math.isinf(bf):
+                assert res.status == "infeasible"
+                continue
+            assert res.status == "optimal"
+            assert abs(res.distance - bf) <= TOL["distance"]
+            assert res.bound <= res.distance + TOL["bound"]
+            assert int(f(res.x).argmax()) == c
+            rounds.append(res.info["rounds"])
+    assert max(rounds) >= 2  # the re-solve path ran
+
+
+def test_incumbent_radius_gives_the_same_optimum(monkeypatch):
+    """Shrinking the box to the gradient search's distance loses nothing: the same optimum
+    as the MILP over the whole max_distance box."""
+    mod = sys.modules["nninv.closest"]
+    for seed in range(4):
+        f = mlp([4, 8, 3], seed)
+        x0 = torch.rand(4, generator=torch.Generator().manual_seed(seed), dtype=D)
+        c = runner_up(f, x0)
+        with_pgd = closest(f, x0, ClassTarget(c), max_distance=0.8)
+        with monkeypatch.context() as m:
+            m.setattr(mod, "_attack", lambda *a, **k: (None, {}))
+            without = closest(f, x0, ClassTarget(c), max_distance=0.8)
+        assert with_pgd.status == without.status
+        if with_pgd.status == "optimal":
+            assert "pgd_distance" in with_pgd.info and "pgd_distance" not in without.info
+            assert with_pgd.distance == pytest.approx(without.distance, abs=TOL["distance"])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_bound_never_exceeds_distance(norm):
+    for seed in range(6):
+        f = mlp([5, 10, 10, 4], seed, gain=1.5)
+        x0 = torch.rand(5, generator=torch.Generator().manual_seed(seed), dtype=D)
+        for c in range(4):
+            res = closest(f, x0, ClassTarget(c), norm=norm, max_distance=0.6)
+            assert 0 <= res.bound
+            if res.x is None:
+                assert res.status == "infeasible" and res.bound == 0.6
+            else:
+                assert res.bound <= res.distance + TOL["bound"]
+                assert int(f(res.x).argmax()) == c
+
+
+def test_tighten_skips_monotone_neurons():
+    from nninv._milp import interval_bounds, monotone_neurons, tighten
+
+    f = mlp([4, 12, 3], seed=2, gain=2.0)
+    x0 = np.full(4, 0.5)
+    c = runner_up(f, torch.from_numpy(x0))
+    _, net, _ = _milp_optimum(f, x0, c)
+    lo, hi = np.zeros(4), np.ones(4)
+    b = interval_bounds(net, lo, hi)
+    skip = monotone_neurons(net, c)
+    assert skip.any() and not skip.all()
+    tb, _, empty = tighten(net, b, lo, hi, c, math.inf, skip=skip)
+    assert not empty
+    (l0, u0), (l1, u1) = b[0], tb[0]
+    assert np.array_equal(l1[skip], l0[skip]) and np.array_equal(u1[skip], u0[skip])
+    assert np.all(l1 >= l0 - 1e-12) and np.all(u1 <= u0 + 1e-12)

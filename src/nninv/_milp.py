@@ -33,6 +33,7 @@ __all__ = [
     "encode",
     "ideal_cuts",
     "interval_bounds",
+    "monotone_neurons",
     "region_lp",
     "region_polytope",
     "solve_milp",
@@ -132,6 +133,31 @@ def interval_bounds(
     return out
 
 
+def monotone_neurons(net: PLNet, label: int, rivals: list[int] | None = None) -> np.ndarray:
+    """Neurons of the last hidden layer whose binary the class constraints never need.
+
+    The constraints ``z_label - z_j >= margin`` read ``sum_k V[j, k] h_k + ... >= margin``
+    with ``V = W_L[label] - W_L[j]``. A neuron with ``V[j, k] <= 0`` for every
+    rival ``j`` only helps the class by being smaller, and ``h = max(z, a z)`` is
+    convex, so the relaxation ``h >= z, h >= a z`` is exact for it: any point of
+    the relaxation stays feasible, with the same input and objective, when ``h``
+    is lowered to ``max(z, a z)`` (and ``delta`` set to its sign). Its binary can
+    be made continuous and its bounds need no tightening (Fischetti & Jo 2018
+    make the same observation for ReLUs whose output is only penalised). Returns
+    a boolean mask over the last hidden layer.
+
+    References
+    ----------
+    Fischetti & Jo (2018), "Deep neural networks and mixed integer linear
+    optimization", Constraints 23.
+    """
+    WL = net.Ws[-1]
+    rivals = [j for j in range(WL.shape[0]) if j != label] if rivals is None else list(rivals)
+    if not rivals:
+        return np.ones(WL.shape[1], bool)
+    return np.all(WL[label][None, :] - WL[rivals] <= 0, axis=0)
+
+
 @dataclass
 class Encoding:
     """A MILP ``min c.v`` s.t. ``lb <= A v <= ub``, ``bounds``, ``integrality``."""
@@ -208,6 +234,8 @@ def encode(
     margin: float = 0.0,
     max_distance: float | None = None,
     relax: bool = False,
+    rivals: list[int] | None = None,
+    monotone: bool = False,
 ) -> Encoding:
     """Encode the first ``layers`` hidden layers (all by default) over ``lo <= x <= hi``.
 
@@ -219,6 +247,12 @@ def encode(
     ``|x - x0|``. ``relax=True`` makes the binaries continuous (the LP
     relaxation). ``info["z_next"]`` holds the expression ``(A, a0)`` of the
     pre-activations of layer ``layers`` (for bound tightening).
+
+    ``rivals`` restricts the class constraints to those output classes (all
+    others by default): a relaxation, whose optimum is checked against the
+    others afterwards. ``monotone=True`` makes the binaries of
+    :func:`monotone_neurons` (for these rivals) continuous: exact for the
+    inputs, although ``h`` and ``delta`` of those neurons may then be off.
     """
     L = len(net.slopes) if layers is None else layers
     n = net.n_in
@@ -242,12 +276,18 @@ def encode(
         upper.append(u[J])
         integ.append(np.zeros(J.size))
         nvar += J.size
+    free = None
+    if monotone and label is not None and L == len(net.slopes) and L:
+        free = monotone_neurons(net, label, rivals)
     for k in range(L):
         J = unst[k]
         d_cols.append(nvar + np.arange(J.size))
         lower.append(np.zeros(J.size))
         upper.append(np.ones(J.size))
-        integ.append(np.full(J.size, 0.0 if relax else 1.0))
+        kind = np.full(J.size, 0.0 if relax else 1.0)
+        if free is not None and k == L - 1:
+            kind[free[J]] = 0.0
+        integ.append(kind)
         nvar += J.size
     extra = 0 if norm is None else (1 if norm == "linf" else n)
     total = nvar + extra
@@ -288,7 +328,10 @@ def encode(
         if J.size:
             H[J], h0[J] = 0.0, 0.0
             H[J, hc] = 1.0
-    info: dict = {"n_binaries": int(sum(J.size for J in unst)), "z_cols": z_cols, "z_def": z_def}
+    n_bin = int(sum(J.size for J in unst))
+    if free is not None and not relax:
+        n_bin -= int(free[unst[L - 1]].sum())
+    info: dict = {"n_binaries": n_bin, "z_cols": z_cols, "z_def": z_def}
     if L < len(net.slopes):
         info["z_next"] = (net.Ws[L] @ H, net.Ws[L] @ h0 + net.bs[L])
     cost = np.zeros(total)
@@ -297,6 +340,8 @@ def encode(
         WL, bL = net.Ws[-1], net.bs[-1]
         Z, z0 = WL @ H, WL @ h0 + bL
         others = [j for j in range(WL.shape[0]) if j != label]
+        if rivals is not None:
+            others = [j for j in others if j in set(rivals)]
         rows.add(
             [(0, Z[others] - Z[label])],
             np.full(len(others), -np.inf),
@@ -351,6 +396,7 @@ def tighten(
     deadline: float,
     rounds: int = 4,
     cuts: bool = False,
+    skip: np.ndarray | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int, bool]:
     """Tighten the bounds of unstable neurons by LPs over the relaxation of the whole problem.
 
@@ -365,6 +411,9 @@ def tighten(
 
     With ``cuts=True`` each round first strengthens the relaxation with the
     cuts of :func:`ideal_cuts`, so that more neurons become stable.
+
+    ``skip`` (a mask over the last hidden layer, e.g. :func:`monotone_neurons`)
+    names neurons whose bounds are not worth two LPs; they keep their bounds.
 
     Returns the bounds, the number of LPs solved, and whether the relaxation
     was infeasible (then no input of the class lies in the box).
@@ -385,6 +434,8 @@ def tighten(
             J = enc.delta_index[k][0]
             l, u = bounds[k]
             for jj, j in enumerate(J):
+                if skip is not None and k == len(net.slopes) - 1 and skip[j]:
+                    continue
                 for sign in (1.0, -1.0):
                     if time.perf_counter() > deadline:
                         return bounds, n_lp, False
@@ -628,12 +679,22 @@ def _relaxation(enc: Encoding):  # type: ignore[no-untyped-def]
     return solve_scipy
 
 
+_NO_HEURISTICS = {
+    "mip_heuristic_effort": 0.0,
+    "mip_heuristic_run_rins": False,
+    "mip_heuristic_run_rens": False,
+    "mip_heuristic_run_root_reduced_cost": False,
+    "mip_heuristic_run_feasibility_jump": False,
+}
+
+
 def solve_milp(
     enc: Encoding,
     extra: tuple[sp.csr_matrix, np.ndarray] | None,
     time_limit: float,
     gap: float,
     start: np.ndarray | None = None,
+    heuristics: bool = True,
 ) -> dict:
     """Solve the MILP; returns ``status`` (0 optimal, 1 time limit, 2 infeasible, 4 other),
     ``x``, ``fun``, ``dual_bound``, ``nodes``, ``message``.
@@ -641,6 +702,9 @@ def solve_milp(
     Uses highspy when installed (presolve off, which is faster on these models
     with dense rows, and ``start`` as the first incumbent), else
     :func:`scipy.optimize.milp` (the same HiGHS, fewer options).
+    ``heuristics=False`` turns off HiGHS's primal heuristics (sub-MIPs, RINS,
+    RENS, feasibility jump): worth it when ``start`` is already near-optimal,
+    where they spend seconds at the root on these models without improving it.
     """
     A, lb, ub = enc.A, enc.lb, enc.ub
     if extra is not None and extra[0].shape[0]:
@@ -674,6 +738,9 @@ def solve_milp(
     h.setOptionValue("time_limit", float(time_limit))
     h.setOptionValue("mip_rel_gap", float(gap))
     h.setOptionValue("presolve", "off")
+    if not heuristics:
+        for opt, val in _NO_HEURISTICS.items():
+            h.setOptionValue(opt, val)  # options missing from older HiGHS are ignored
     Ac = A.tocsc()
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = enc.c.size, Ac.shape[0]
