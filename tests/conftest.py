@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import settings
+
+# property tests draw the same examples on every run (seeded), so CI cannot flake on a
+# new draw; explicit @example cases keep the ones that once failed
+settings.register_profile("nninv", derandomize=True, database=None)
+settings.load_profile("nninv")
 
 #: Tolerances per dtype for exactness checks (one table, not magic numbers in asserts).
 EPS = {

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -160,6 +160,9 @@ def test_linear_model_matches_closed_forms(gauss12):
     seed=st.integers(0, 10_000),
     n=st.integers(1, 4),
 )
+# found by hypothesis: a ReLU net whose preimage inside the box is a thin sliver; the
+# third start ends at a stalled violation of 5.5e-6, below the default tol
+@example(act="relu", seed=2043, n=1)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_property_f_of_inverse_is_target(act, seed, n):
     f = mlp(act, widths=(8, 24, 3), seed=seed)
@@ -168,7 +171,13 @@ def test_property_f_of_inverse_is_target(act, seed, n):
         y = f(x)
     inv = invert(f, y, method="optimize", bounds=(0, 1), progress=False)
     assert bool(inv.converged.all()), inv.info["reasons"]
-    assert float(measured(f, inv.x, y).max()) <= TOL[F64]["residual"]
+    res = measured(f, inv.x, y)
+    # the contract: converged means the measured residual is within tol, as reported
+    assert float(res.max()) <= inv.info["tol"]
+    assert torch.allclose(inv.residual, res, atol=TOL[F64]["report"], rtol=0)
+    if act in ("sigmoid", "tanh"):
+        # smooth nets: Gauss-Newton converges quadratically, to rounding
+        assert float(res.max()) <= TOL[F64]["residual"]
 
 
 def test_narrow_relu_failure_is_flagged_not_silent(gauss12):
