@@ -51,6 +51,8 @@ def as_output(
         )
     if y.shape[0] == 0:
         raise NNInvError("target holds no samples")
+    if bool(torch.isfinite(y).all()):
+        return y
     bad = ~torch.isfinite(y.reshape(y.shape[0], -1))
     if bool(bad.any()):
         i, j = (int(v) for v in bad.nonzero()[0])
@@ -72,7 +74,10 @@ def check_range(y: Tensor, chain: Chain) -> tuple[Tensor, int]:
     moved = 0
     if isinstance(last, Elementwise):
         act = last.act
-        if bool(act.in_range(y).all()):
+        # fast path, one pass: y is finite here (as_output checked), so its extremes decide
+        mn, mx = torch.aminmax(y)
+        lo_ok = (mn >= act.lo) if act.closed_lo else (mn > act.lo)
+        if bool(lo_ok & (mx < act.hi)):
             return y, 0
         ok = act.in_range(y)
         edge = torch.zeros_like(ok)
