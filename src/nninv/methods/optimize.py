@@ -650,9 +650,13 @@ class _Coords:
             return V
         assert self.Ls is not None
         out = torch.empty_like(V)
+        n, r = V.shape[1], V.shape[2]
         for k, sl in self._slices(idx):
             L = self.Ls[k]
-            out[sl] = L @ (L.T @ V[sl])
+            # one (n, n) @ (n, rows * r) product reads L once; a broadcast batched
+            # product would read it once per row
+            Vk = V[sl].transpose(0, 1).reshape(n, -1)
+            out[sl] = (L @ (L.T @ Vk)).reshape(n, -1, r).transpose(0, 1)
         return out
 
 
