@@ -9,8 +9,8 @@ which fool a plain classifier do not count as recognised digits.
 
 (a) Exact outputs: the outputs of ``--n`` (256) test images are inverted with
 ``invert(f, y, method="optimize", prior=..., bounds=(0, 1))`` on float64 copies
-of the nets, with a ``GaussianMixturePrior`` (``--components`` 20, fitted on
-``--n-prior`` 20,000 training images) and with a ``GaussianPrior``; the table
+of the nets, with a ``GaussianMixturePrior`` (``--components`` 40, fitted on
+``--n-prior`` 60,000 training images) and with a ``GaussianPrior``; the table
 gives the wall time, the largest residual ``max |f(x) - y|``, the mean PSNR
 against the original images and the judge's recognition (its label for the
 inversion equals the original's label), next to layer-by-layer ``pinv`` and
@@ -430,12 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--components",
         type=int,
-        default=20,
-        help="mixture components (20; more recognise better on the CNN but run slower: "
+        default=40,
+        help="mixture components (40; more recognise better on the CNN but run slower: "
         "see benchmarks/README.md)",
     )
     parser.add_argument(
-        "--n-prior", type=int, default=20_000, help="training images the priors see (20000)"
+        "--n-prior", type=int, default=60_000, help="training images the priors see (60000)"
     )
     parser.add_argument("--figure", help="write a PNG grid of originals / inversions here")
     parser.add_argument("--no-miface", action="store_true", help="skip ART's MIFace")

@@ -214,6 +214,60 @@ def test_precision_option(precision, gauss12):
     assert bool(inv.converged.all()) and float(inv.residual.max()) <= TOL[F64]["residual"]
 
 
+def test_whiten_rank_reaches_the_same_optimum(gauss12):
+    # the augmented Lagrangian may work with a low-rank covariance; projection and
+    # polish use the full one, so the answer is the prior's optimum all the same
+    torch.manual_seed(5)
+    f = nn.Linear(12, 4).double()
+    with torch.no_grad():
+        y = f(data((12,), n=5, seed=6))
+    W, b = f.weight.detach(), f.bias.detach()
+    mu, S = gauss12.mean, gauss12.covariance
+    ref = mu + ((y - b - mu @ W.T) @ torch.linalg.inv(W @ S @ W.T)) @ (W @ S)
+    for rank in (2, 6):
+        inv = invert(f, y, method="optimize", prior=gauss12, whiten_rank=rank, progress=False)
+        assert bool(inv.converged.all()), inv.info["reasons"]
+        assert torch.allclose(inv.x, ref, atol=TOL[F64]["closed_form"], rtol=0)
+    X = torch.cat([data((12,), 150, 7) * 0.3, 0.7 + data((12,), 150, 8) * 0.3])
+    gmm = GaussianMixturePrior.fit(X, 2, seed=0)
+    g = mlp("relu")
+    with torch.no_grad():
+        y = g(X[[0, 1, 200, 201]])
+    kw = dict(method="optimize", prior=gmm, bounds=(0, 1), progress=False)
+    full = invert(g, y, whiten_rank=0, **kw)
+    low = invert(g, y, whiten_rank=3, **kw)
+    assert bool(low.converged.all()) and float(low.residual.max()) <= TOL[F64]["residual"]
+    assert float(low.x.min()) >= 0.0 and float(low.x.max()) <= 1.0
+    # the same optimum: -log p agrees to the closed-form tolerance
+    e_full, e_low = -gmm.log_prob(full.x), -gmm.log_prob(low.x)
+    assert torch.allclose(e_low, e_full, rtol=TOL[F64]["closed_form"], atol=0)
+
+
+def test_low_rank_coordinates_are_exact_for_their_covariance(gauss12):
+    from nninv.methods.optimize import _Coords
+
+    full = _Coords.build(gauss12, (12,), F64, torch.device("cpu"))
+    low = full.low_rank(4)
+    assert low.u_dim == 16 and full.u_dim == 12
+    # the covariance the low-rank form stands for: top 4 eigen-directions exact, the
+    # rest isotropic with the same trace
+    e, V = torch.linalg.eigh(gauss12.covariance)
+    e, V = e.flip(0), V.flip(1)
+    c = e[4:].mean()
+    St = c * torch.eye(12, dtype=F64) + V[:, :4] @ torch.diag(e[:4] - c) @ V[:, :4].T
+    assert torch.allclose(torch.trace(St), torch.trace(gauss12.covariance), rtol=1e-12)
+    x = data((12,), n=7, seed=11)
+    u = low.to_u(x, None)
+    assert torch.allclose(low.to_x(u, None), x, atol=1e-12, rtol=0)
+    # |u|^2 / 2 of the shortest u is that Gaussian's energy
+    d = x - gauss12.mean
+    ref = 0.5 * (d @ torch.linalg.inv(St) * d).sum(1)
+    assert torch.allclose(low.energy(u, x), ref, rtol=1e-10, atol=0)
+    V3 = torch.randn(7, 12, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert torch.allclose(low.metric(V3, None), St @ V3, atol=1e-12, rtol=0)
+    assert torch.allclose(full.metric(V3, None), gauss12.covariance @ V3, atol=1e-12, rtol=0)
+
+
 # --- priors ------------------------------------------------------------------------------
 
 
@@ -384,6 +438,8 @@ def test_x0_start(gauss12):
         ({"seed": "a"}, "seed"),
         ({"precision": "half"}, "precision"),
         ({"polish": -1}, "polish"),
+        ({"whiten_rank": -1}, "whiten_rank"),
+        ({"whiten_rank": 2.0}, "whiten_rank"),
         ({"progress": "yes"}, "progress"),
     ],
 )
