@@ -349,24 +349,31 @@ def encode(
         )
     if norm is not None:
         assert x0 is not None
-        ninf = np.full(n, -np.inf)
-        idx = np.arange(n)
+        # |x_i - x0_i| as two rows, each only where the box lets x_i pass x0_i on that
+        # side: on MNIST most pixels sit at 0, where x_i >= x0_i - t always holds
+        up = np.nonzero(hi > x0)[0]
+        dn = np.nonzero(lo < x0)[0]
         if norm == "linf":
             t = nvar
             lower.append(np.zeros(1))
             upper.append(np.array([np.inf if max_distance is None else max_distance]))
             integ.append(np.zeros(1))
             cost[t] = 1.0
-            rows.add([(None, (idx, 1.0)), (None, (np.full(n, t), -1.0))], ninf, x0)
-            rows.add([(None, (idx, -1.0)), (None, (np.full(n, t), -1.0))], ninf, -x0)
+            ta, tb = np.full(up.size, t), np.full(dn.size, t)
+            rows.add([(None, (up, 1.0)), (None, (ta, -1.0))], np.full(up.size, -np.inf), x0[up])
+            rows.add([(None, (dn, -1.0)), (None, (tb, -1.0))], np.full(dn.size, -np.inf), -x0[dn])
         elif norm == "l1":
             a0 = nvar
             lower.append(np.zeros(n))
             upper.append(np.full(n, np.inf))
             integ.append(np.zeros(n))
             cost[a0:] = 1.0
-            rows.add([(None, (idx, 1.0)), (None, (a0 + idx, -1.0))], ninf, x0)
-            rows.add([(None, (idx, -1.0)), (None, (a0 + idx, -1.0))], ninf, -x0)
+            rows.add(
+                [(None, (up, 1.0)), (None, (a0 + up, -1.0))], np.full(up.size, -np.inf), x0[up]
+            )
+            rows.add(
+                [(None, (dn, -1.0)), (None, (a0 + dn, -1.0))], np.full(dn.size, -np.inf), -x0[dn]
+            )
             if max_distance is not None:
                 rows.add([(a0, np.ones((1, n)))], np.array([-np.inf]), np.array([max_distance]))
         else:
