@@ -374,6 +374,29 @@ def _exact(
                 lo = np.maximum(lo, x0 - radius)
                 hi = np.minimum(hi, x0 + radius)
         lap("pgd")
+        if x_pgd is not None:
+            # the closest input in the gradient search's own activation region (one LP) is
+            # often the optimum itself; as the first incumbent it lets branch and bound
+            # prune from the start, and its radius shrinks the box further
+            x_reg, _ = _polish(
+                net,
+                check,
+                [_pattern(net, x_pgd)],
+                interval_bounds(net, lo, hi),
+                lo,
+                hi,
+                x0,
+                norm,
+                label,
+            )
+            if x_reg is not None and _dist(x_reg - x0, norm) < _dist(x_pgd - x0, norm):
+                x_pgd = x_reg
+                d_ub = _dist(x_pgd - x0, norm)
+                info["region_distance"] = d_ub
+                radius = d_ub * (1 + 1e-9) + 1e-12
+                lo = np.maximum(lo, x0 - radius)
+                hi = np.minimum(hi, x0 + radius)
+            lap("region")
     bounds = interval_bounds(net, lo, hi)
     n_unst = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds]
     info["n_unstable_interval"] = n_unst
@@ -479,6 +502,16 @@ def _exact(
     if x is None:
         return done(x_pgd, "heuristic", bound, info)
     return done(x, status, bound, info)
+
+
+def _pattern(net: PLNet, x: np.ndarray) -> list[np.ndarray]:
+    """The activation pattern (``z >= 0`` per hidden layer) of the network at ``x``."""
+    out, h = [], x
+    for W, b, a in zip(net.Ws[:-1], net.bs[:-1], net.slopes):
+        z = W @ h + b
+        out.append(z >= 0)
+        h = np.where(z >= 0, z, a * z)
+    return out
 
 
 def _top_rival(net: PLNet, x: np.ndarray, label: int) -> int:
