@@ -26,6 +26,7 @@ from torch import Tensor
 from .._chain import Affine, Chain, Elementwise, Shift
 from .._errors import NNInvError
 from .._linalg import factor, gauss_newton_onto, gauss_newton_solve
+from .._target import all_finite
 
 #: ``chooser(position, B, d) -> v``: a member of ``{v : B v = d}`` for the vector
 #: entering step ``position`` (0 means the model input).
@@ -110,8 +111,8 @@ def backward_pass(
         # exact values of this step's output
         if isinstance(step, Elementwise):
             exact = step.act.inverse(exact)
-            finite = torch.isfinite(exact)
-            if not bool(finite.all()):
+            if not all_finite(exact):
+                finite = torch.isfinite(exact)
                 polish |= ~finite.all(1)
                 exact = torch.where(finite, exact, torch.zeros_like(exact))
         elif isinstance(step, Shift):
