@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -483,3 +484,16 @@ def test_public_api_names():
     for name in ["invert", "diagnose", "Inversion", "NNInvError", "ClassTarget", "priors"]:
         assert hasattr(nninv, name)
     assert issubclass(nninv.NNInvError, ValueError)
+
+
+def test_all_finite_one_pass_check():
+    from nninv._target import all_finite
+
+    t = torch.rand(50, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert all_finite(t)
+    for bad in (math.nan, math.inf, -math.inf):
+        u = t.clone()
+        u[17, 3] = bad
+        assert not all_finite(u)
+        assert not all_finite(u.float())
+    assert all_finite(torch.empty(0, 10)) and all_finite(torch.arange(5))
