@@ -69,6 +69,12 @@ def gauss12() -> GaussianPrior:
     return GaussianPrior.fit(data((12,)))
 
 
+def conditional_mean(prior: GaussianPrior, W, b, y) -> torch.Tensor:
+    """E[x | W x + b = y] under a Gaussian prior, in closed form."""
+    mu, S = prior.mean, prior.covariance
+    return mu + ((y - b - mu @ W.T) @ torch.linalg.inv(W @ S @ W.T)) @ (W @ S)
+
+
 def measured(f: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return (f(x) - y).reshape(len(x), -1).abs().amax(1)
@@ -145,8 +151,7 @@ def test_linear_model_matches_closed_forms(gauss12):
     assert torch.allclose(inv.x, ref, atol=TOL[F64]["closed_form"], rtol=0)
     # a Gaussian prior: the conditional mean
     inv = invert(f, y, method="optimize", prior=gauss12, progress=False)
-    mu, S = gauss12.mean, gauss12.covariance
-    ref = mu + ((y - b - mu @ W.T) @ torch.linalg.inv(W @ S @ W.T)) @ (W @ S)
+    ref = conditional_mean(gauss12, W, b, y)
     assert torch.allclose(inv.x, ref, atol=TOL[F64]["closed_form"], rtol=0)
     # L2 around a center: the member nearest to it
     c = torch.full((12,), 0.5, dtype=F64)
@@ -222,8 +227,7 @@ def test_whiten_rank_reaches_the_same_optimum(gauss12):
     with torch.no_grad():
         y = f(data((12,), n=5, seed=6))
     W, b = f.weight.detach(), f.bias.detach()
-    mu, S = gauss12.mean, gauss12.covariance
-    ref = mu + ((y - b - mu @ W.T) @ torch.linalg.inv(W @ S @ W.T)) @ (W @ S)
+    ref = conditional_mean(gauss12, W, b, y)
     for rank in (2, 6):
         inv = invert(f, y, method="optimize", prior=gauss12, whiten_rank=rank, progress=False)
         assert bool(inv.converged.all()), inv.info["reasons"]

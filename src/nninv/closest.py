@@ -481,11 +481,7 @@ def _exact(
     v = res["x"]
     # the pattern of the network at the MILP's x first: the binaries of neurons left
     # continuous (monotone) need not match it, and rounding may put x elsewhere
-    alt, h = [], v[:n]
-    for W, b, a in zip(net.Ws[:-1], net.bs[:-1], net.slopes):
-        z = W @ h + b
-        alt.append(z >= 0)
-        h = np.where(z >= 0, z, a * z)
+    alt = _pattern(net, v[:n])
     patterns = []
     for k, (J, cols) in enumerate(enc.delta_index):
         l, u = bounds[k]
