@@ -29,6 +29,22 @@ def test_factor_rank_and_pinv():
     assert f.cond == float("inf")
 
 
+def test_pinv_T_and_scaled_U_match_numpy_pinv_in_both_dtypes():
+    # full row rank (the seed's 10 x 784 shape, small): pinv(A) c as one product
+    A = torch.randn(5, 40, dtype=torch.float64, generator=rng())
+    f = factor(A)
+    c = torch.randn(7, 5, dtype=torch.float64, generator=rng())
+    P = torch.linalg.pinv(A).T
+    assert torch.allclose(f.pinv_T(), P, atol=TOL)
+    assert torch.allclose(f.reduce(c)[0], c @ f.scaled_U(), atol=TOL)
+    assert torch.allclose(f.reduce(c)[0] @ f.Vh, c @ P, atol=TOL)
+    # a float32 copy derives its matrices from the float64 factor, then rounds once
+    f32 = f.to(torch.float32)
+    assert f32.pinv_T().dtype == torch.float32
+    assert torch.equal(f32.pinv_T(), f.pinv_T().to(torch.float32))
+    assert torch.equal(f32.scaled_U(), f.scaled_U().to(torch.float32))
+
+
 def test_reduce_reports_part_outside_range():
     A = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
     f = factor(A)

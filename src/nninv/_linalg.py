@@ -66,11 +66,11 @@ class Factor:
         Returns ``d`` (N, r) and the norm (N,) of the part of ``c`` outside the
         range of ``A`` (zero when the constraint can be met exactly).
         """
-        coef = c @ self.U
-        d = coef / self.s
         if self.rank == self.shape[0]:
             # full row rank: every c is in the range
-            return d, torch.zeros(c.shape[0], dtype=c.dtype, device=c.device)
+            return c @ self.scaled_U(), torch.zeros(c.shape[0], dtype=c.dtype, device=c.device)
+        coef = c @ self.U
+        d = coef / self.s
         outside = torch.linalg.vector_norm(c - coef @ self.U.T, dim=1)
         return d, outside
 
@@ -78,8 +78,26 @@ class Factor:
         """``pinv(A) c`` for a batch ``c`` (N, m)."""
         return self.reduce(c)[0] @ self.Vh
 
+    def scaled_U(self) -> Tensor:
+        """``U_r diag(1/s)`` (m, r), cached: ``d = c @ scaled_U()`` in one product."""
+        if "U/s" not in self._cache:
+            src = self._cache.get("source")
+            Us = src.scaled_U().to(self.U.dtype) if src is not None else self.U / self.s
+            self._cache["U/s"] = Us.contiguous()
+        return self._cache["U/s"]
+
+    def pinv_T(self) -> Tensor:
+        """``pinv(A)^T = U_r diag(1/s) Vh_r`` (m, n), cached: ``pinv(A) c`` for a batch
+        of rows ``c`` (N, m) is then one product ``c @ pinv_T()``."""
+        if "pinv_T" not in self._cache:
+            src = self._cache.get("source")
+            P = src.pinv_T().to(self.Vh.dtype) if src is not None else self.scaled_U() @ self.Vh
+            self._cache["pinv_T"] = P.contiguous()
+        return self._cache["pinv_T"]
+
     def to(self, dtype: torch.dtype) -> Factor:
-        """A copy in another dtype (rank and tolerance kept)."""
+        """A copy in another dtype (rank and tolerance kept); its derived matrices
+        (:meth:`scaled_U`, :meth:`pinv_T`) are computed in this factor's dtype."""
         return Factor(
             self.U.to(dtype),
             self.s.to(dtype),
@@ -87,6 +105,7 @@ class Factor:
             self.singular_values.to(dtype),
             self.tol,
             self.shape,
+            {"source": self},
         )
 
     def null_basis(self) -> Tensor:

@@ -151,7 +151,7 @@ def invert(
         with torch.no_grad():
             out = model(x.to(mdtype))
         residual = residual_of(tgt, out.to(dtype), chain).to(dtype)
-        ok = torch.isfinite(residual) & (residual <= tol)
+        ok = residual <= tol  # False for NaN too
         reasons: list[str | None] = list(sol.reasons) if sol.reasons else [None] * len(x)
         if sol.ok is not None:
             ok &= sol.ok.to(ok.device)

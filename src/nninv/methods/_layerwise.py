@@ -40,9 +40,13 @@ def _centering_basis(m: int, dtype: torch.dtype, device: torch.device) -> Tensor
 
 
 def backward_pass(
-    chain: Chain, y: Tensor, choose: Chooser, *, hidden_tol: float
+    chain: Chain, y: Tensor, choose: Chooser, *, hidden_tol: float, min_norm: bool = False
 ) -> tuple[Tensor, Tensor, list[str | None], dict]:
     """Invert flat targets ``y`` (N, m) through ``chain``.
+
+    ``min_norm=True`` says that ``choose`` at the input is the minimum-norm member
+    ``d @ B``; a first affine block of full row rank then maps its exact values to
+    the input by one cached ``pinv(A)`` product instead of a reduction and a choice.
 
     Returns
     -------
@@ -124,6 +128,11 @@ def backward_pass(
             F = step.factor(dtype, device)
             _, b = step.matrix(torch.float64, device)
             c = exact - b.to(dtype)
+            if min_norm and pos == 0 and F.rank == F.shape[0]:
+                # the input's minimum-norm member in one product, pinv(A) c
+                exact = c @ F.pinv_T()
+                first_affine = False
+                continue
             d, outside = F.reduce(c)
             B = F.Vh
             if F.rank == F.shape[0]:
@@ -159,7 +168,7 @@ def backward_pass(
             polish |= ~(_pre_residual(chain, exact, y) <= hidden_tol)
     polish &= ok
     info["polished"] = int(polish.sum())
-    if bool(polish.any()):
+    if info["polished"]:
         exact = exact.clone()
         xs, err, it = _polish(chain, exact[polish], y[polish], hidden_tol)
         info["polish_iterations"] = it

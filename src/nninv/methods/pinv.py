@@ -32,7 +32,7 @@ def invert_pinv(problem: Problem) -> Solution:
 
     y = _exact_target(problem, "pinv")
     x, ok, reasons, info = backward_pass(
-        chain, y.reshape(y.shape[0], -1), choose, hidden_tol=_hidden_tol(y.dtype)
+        chain, y.reshape(y.shape[0], -1), choose, hidden_tol=_hidden_tol(y.dtype), min_norm=True
     )
     return Solution(x.reshape(-1, *problem.input_shape), 0, ok, reasons, info)
 
