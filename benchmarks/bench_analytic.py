@@ -50,6 +50,30 @@ from nninv.datasets import default_mnist_dir
 TARGET_RATIO = 3.0
 
 
+def keep_heap() -> bool:
+    """Make glibc serve large blocks from a heap it never trims; False where not glibc.
+
+    By default glibc maps every block above a threshold (which it moves at run
+    time, up to 32 MiB) afresh and unmaps it when freed, so the next
+    10,000 x 784 output faults in all its pages again: about 7,700 page faults
+    for float32, 15,300 for float64, often more time than the product itself.
+    Whether a given call pays them depends on what ran before it, which once
+    made the bare GEMM 4x slower than nninv's own calls in the same run. With
+    ``M_MMAP_MAX = 0`` and no trimming, every contender reuses warm memory.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def _minor_faults() -> int:
     try:
         import resource
@@ -124,12 +148,20 @@ def bench_dtype(
         y = f(X.to(dtype))
     calls = contenders(f, y, priors)
     times: dict[str, list[tuple[float, int]]] = {k: [] for k in calls}
+    results: dict[str, object] = {}
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always", NNInvWarning)
-        results = {k: fn() for k, fn in calls.items()}  # warm-up: fills the caches
-        for _ in range(repeats):
-            for k, fn in calls.items():
-                times[k].append(_timeit(fn))
+        # One phase per library, contenders interleaved within it. NumPy's BLAS and
+        # torch keep separate worker threads that spin for a while after each call;
+        # interleaved on a 2-core machine, every torch call that followed a NumPy one
+        # ran 2-3x slower (the bare GEMM 2.3 -> 6.5 ms, nninv pinv 7 -> 16 ms).
+        for phase in ("torch", "numpy"):
+            group = {k: fn for k, fn in calls.items() if ("numpy" in k) == (phase == "numpy")}
+            time.sleep(0.2)  # let the other library's workers go idle
+            results.update({k: fn() for k, fn in group.items()})  # warm-up: fills the caches
+            for _ in range(repeats):
+                for k, fn in group.items():
+                    times[k].append(_timeit(fn))
     edge = sum("edge of the range" in str(w.message) for w in caught) // (1 + repeats)
     rows = {}
     for k, ts in times.items():
@@ -163,10 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="torch intra-op threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="keep glibc's default allocator settings (see keep_heap)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    heap = False if args.system_malloc else keep_heap()
 
     name, train_x, train_y, test_x = _data(args.data_dir, args.n, args.seed)
     t = time.perf_counter()
@@ -178,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         f"setup: training {t_train:.1f} s, Gaussian fit {fit_times['fit gaussian']:.1f} s, "
         f"{args.components}-component mixture fit {fit_times['fit mixture']:.1f} s; "
         f"torch threads {torch.get_num_threads()}, median of {args.repeats} warm calls"
+    )
+    print(
+        "allocator: "
+        + (
+            "glibc heap, no mmap, no trim (--system-malloc for the defaults)"
+            if heap
+            else "the system's defaults"
+        )
     )
     print()
     header = (
