@@ -81,13 +81,20 @@ def brute_force(f, x0, c, norm, slope=0.0):
     return best
 
 
-@pytest.mark.parametrize("norm", ["linf", "l1"])
+@pytest.mark.parametrize(
+    "norm, path",
+    [("linf", "verify"), ("linf", "distance MILP"), ("l1", "distance MILP")],
+)
 @pytest.mark.parametrize(
     "widths, slope, gain",
     [([2, 3, 2], 0.0, 1.0), ([3, 4, 3], 0.0, 1.0), ([3, 4, 4, 3], 0.0, 3.0), ([3, 4, 3], 0.1, 1.0)],
 )
-def test_milp_agrees_with_brute_force(widths, slope, gain, norm):
-    n_opt = 0
+def test_milp_agrees_with_brute_force(widths, slope, gain, norm, path, monkeypatch):
+    # linf first asks whether the class is reachable within the incumbent's radius
+    # (_verify_linf); "distance MILP" takes that step away, as without highspy
+    if path == "distance MILP":
+        monkeypatch.setattr(sys.modules["nninv.closest"], "solve_margin", lambda *a: None)
+    n_opt = n_verified = 0
     for seed in range(4):
         f = mlp(widths, seed, slope, gain)
         x0 = torch.rand(widths[0], generator=torch.Generator().manual_seed(seed), dtype=D)
@@ -114,7 +121,93 @@ def test_milp_agrees_with_brute_force(widths, slope, gain, norm):
             assert bool(((res.x >= 0) & (res.x <= 1)).all())
             v = (res.x[0] - x0).abs()
             assert res.distance == pytest.approx(float(v.max() if norm == "linf" else v.sum()))
+            n_verified += "verify_rounds" in res.info
     assert n_opt >= 2  # the comparison is not vacuous
+    assert (n_verified > 0) == (path == "verify")
+
+
+def test_verify_linf_improves_a_poor_incumbent_to_the_optimum():
+    # a far input of the class as incumbent: the reachability question finds a closer
+    # one, polishes it in its region, and proves the result
+    mod = sys.modules["nninv.closest"]
+    from nninv._milp import PLNet, interval_bounds
+
+    improved = 0
+    for seed in range(4):
+        f = mlp([3, 4, 3], seed)
+        x0 = torch.rand(3, generator=torch.Generator().manual_seed(seed), dtype=D).numpy()
+        lin = [m for m in f if isinstance(m, nn.Linear)]
+        net = PLNet(
+            [m.weight.detach().numpy() for m in lin], [m.bias.detach().numpy() for m in lin], [0.0]
+        )
+        top = int(np.argmax(net.forward(x0[None])[0]))
+        grid = np.random.default_rng(seed).random((4000, 3))
+        labels = net.forward(grid).argmax(1)
+        for c in (j for j in range(3) if j != top):
+            bf = brute_force(f, x0, c, "linf")
+            dist = np.abs(grid - x0).max(1)
+            far = np.nonzero((labels == c) & (dist > 1.2 * bf))[0]
+            if math.isinf(bf) or far.size == 0:
+                continue
+            x_inc = grid[far[np.argmin(dist[far])]]
+            d_inc = float(np.abs(x_inc - x0).max())
+            lo, hi = np.clip(x0 - d_inc, 0, 1), np.clip(x0 + d_inc, 0, 1)
+            info: dict = {}
+            x, proven, r = mod._verify_linf(
+                net,
+                mod._Checker(f, (3,), c),
+                interval_bounds(net, lo, hi),
+                lo,
+                hi,
+                x0,
+                c,
+                set(j for j in range(3) if j != c),
+                [j for j in range(3) if j != c],
+                x_inc,
+                math.inf,
+                info,
+                lambda name: None,
+            )
+            assert proven
+            assert float(np.abs(x - x0).max()) == pytest.approx(bf, abs=TOL["distance"])
+            assert r <= bf + TOL["bound"] and bf - r <= TOL["distance"]
+            assert info["verify_rounds"] >= 2  # one round found a closer input
+            improved += 1
+    assert improved >= 2
+
+
+def test_margin_milp_decides_reachability_like_brute_force():
+    from nninv._milp import PLNet, encode, interval_bounds, solve_margin
+
+    seen = {"found": 0, "none": 0}
+    for seed in range(4):
+        f = mlp([3, 4, 3], seed)
+        x0 = torch.rand(3, generator=torch.Generator().manual_seed(seed), dtype=D)
+        lin = [m for m in f if isinstance(m, nn.Linear)]
+        net = PLNet(
+            [m.weight.detach().numpy() for m in lin], [m.bias.detach().numpy() for m in lin], [0.0]
+        )
+        with torch.no_grad():
+            top = int(f(x0[None]).argmax())
+        for c in (j for j in range(3) if j != top):
+            bf = brute_force(f, x0.numpy(), c, "linf")
+            if math.isinf(bf):
+                continue
+            for r in (0.5 * bf, 0.99 * bf, 1.01 * bf, 2.0 * bf):
+                lo = np.clip(x0.numpy() - r, 0, 1)
+                hi = np.clip(x0.numpy() + r, 0, 1)
+                enc = encode(
+                    net, interval_bounds(net, lo, hi), lo, hi, label=c, margin_objective=True
+                )
+                out = solve_margin(enc, 0.0, 10.0)
+                assert out["status"] == ("found" if r > bf else "none")
+                seen[out["status"]] += 1
+                if out["status"] == "found":
+                    x = out["x"][:3]
+                    assert np.all(x >= lo - 1e-9) and np.all(x <= hi + 1e-9)
+                    z = net.forward(x[None])[0]
+                    assert z[c] >= np.delete(z, c).max() - 1e-6  # in the class
+    assert min(seen.values()) >= 2  # both answers were exercised
 
 
 def test_max_distance_semantics():
@@ -227,6 +320,10 @@ def test_time_limit_returns_the_incumbent_and_the_dual_bound(monkeypatch):
         return {**res, "status": 1, "dual_bound": 0.5 * res["fun"], "message": "Time limit"}
 
     monkeypatch.setattr(mod, "solve_milp", stopped)
+    # the linf proof by reachability (_verify_linf) runs out of time undecided first
+    monkeypatch.setattr(
+        mod, "solve_margin", lambda *a: {"status": "unknown", "x": None, "nodes": 0, "message": ""}
+    )
     for seed in range(10):
         f = mlp([3, 4, 3], seed=seed)
         x0 = torch.rand(3, generator=torch.Generator().manual_seed(seed), dtype=D)

@@ -36,6 +36,7 @@ __all__ = [
     "monotone_neurons",
     "region_lp",
     "region_polytope",
+    "solve_margin",
     "solve_milp",
     "start_point",
     "tighten",
@@ -236,6 +237,7 @@ def encode(
     relax: bool = False,
     rivals: list[int] | None = None,
     monotone: bool = False,
+    margin_objective: bool = False,
 ) -> Encoding:
     """Encode the first ``layers`` hidden layers (all by default) over ``lo <= x <= hi``.
 
@@ -253,6 +255,12 @@ def encode(
     others afterwards. ``monotone=True`` makes the binaries of
     :func:`monotone_neurons` (for these rivals) continuous: exact for the
     inputs, although ``h`` and ``delta`` of those neurons may then be off.
+
+    ``margin_objective=True`` (with ``label``, without ``norm``) turns the class
+    constraints into the objective: a last, free variable ``s`` with
+    ``z_j - z_label <= s`` for each rival, minimised; its optimum is the largest
+    rival's lead at the best input, and the class is reachable in the box
+    (by ``margin``) exactly when it is ``<= -margin``.
     """
     L = len(net.slopes) if layers is None else layers
     n = net.n_in
@@ -290,7 +298,10 @@ def encode(
         integ.append(kind)
         nvar += J.size
     extra = 0 if norm is None else (1 if norm == "linf" else n)
-    total = nvar + extra
+    if margin_objective and (label is None or norm is not None):
+        raise AssertionError("margin_objective needs a label and no norm")
+    s_col = nvar + extra
+    total = nvar + extra + int(margin_objective)
     rows = _Rows()
     z_def: list = []
     # H (m, total), h0 (m,): the current layer's output as an affine expression
@@ -342,11 +353,20 @@ def encode(
         others = [j for j in range(WL.shape[0]) if j != label]
         if rivals is not None:
             others = [j for j in others if j in set(rivals)]
-        rows.add(
-            [(0, Z[others] - Z[label])],
-            np.full(len(others), -np.inf),
-            z0[label] - z0[others] - margin,
-        )
+        if margin_objective:
+            lead = Z[others] - Z[label]
+            lead[:, s_col] = -1.0
+            rows.add([(0, lead)], np.full(len(others), -np.inf), z0[label] - z0[others])
+            lower.append(np.array([-np.inf]))
+            upper.append(np.array([np.inf]))
+            integ.append(np.zeros(1))
+            cost[s_col] = 1.0
+        else:
+            rows.add(
+                [(0, Z[others] - Z[label])],
+                np.full(len(others), -np.inf),
+                z0[label] - z0[others] - margin,
+            )
     if norm is not None:
         assert x0 is not None
         # |x_i - x0_i| as two rows, each only where the box lets x_i pass x0_i on that
@@ -761,17 +781,7 @@ def solve_milp(
     if not heuristics:
         for opt, val in _NO_HEURISTICS.items():
             h.setOptionValue(opt, val)  # options missing from older HiGHS are ignored
-    Ac = A.tocsc()
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = enc.c.size, Ac.shape[0]
-    lp.col_cost_ = enc.c
-    lp.col_lower_, lp.col_upper_ = enc.lower, enc.upper
-    lp.row_lower_, lp.row_upper_ = lb, ub
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = Ac.indptr, Ac.indices, Ac.data
-    kinds = (highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger)
-    lp.integrality_ = [kinds[int(v)] for v in enc.integrality]
-    h.passModel(lp)
+    _pass_milp(h, highspy, enc, A, lb, ub)
     if start is not None:
         sol = highspy.HighsSolution()
         sol.col_value = list(start)
@@ -803,6 +813,81 @@ def solve_milp(
         "nodes": max(0, int(info.mip_node_count)),
         "message": h.modelStatusToString(st),
     }
+
+
+def solve_margin(
+    enc: Encoding,
+    cutoff: float,
+    time_limit: float,
+    extra: tuple[sp.csr_matrix, np.ndarray] | None = None,
+) -> dict | None:
+    """Decide whether a ``margin_objective`` encoding reaches ``s < cutoff``.
+
+    ``extra = (C, ub)`` adds rows ``C v <= ub`` (cuts).
+
+    Branch and bound with ``cutoff`` as the objective's upper limit: a node is
+    pruned as soon as its LP bound reaches it, and the search stops at the first
+    input below it. Returns ``status`` (``"none"``: proven that no input reaches
+    the cutoff; ``"found"``: ``x`` holds one; ``"unknown"``: time ran out),
+    ``x``, ``nodes``, ``message``; None without highspy (scipy's interface has
+    no cutoff).
+    """
+    try:
+        import highspy
+    except ImportError:
+        return None
+    h = _quiet_highs(highspy)
+    h.setOptionValue("time_limit", float(max(time_limit, 1e-3)))
+    h.setOptionValue("presolve", "off")
+    for opt, val in {**_SEARCH, **_NO_HEURISTICS}.items():
+        h.setOptionValue(opt, val)
+    h.setOptionValue("objective_bound", float(cutoff))
+    h.setOptionValue("mip_max_improving_sols", 1)
+    A, lb, ub = enc.A, enc.lb, enc.ub
+    if extra is not None and extra[0].shape[0]:
+        A = sp.vstack([A, extra[0]]).tocsr()
+        lb = np.concatenate([lb, np.full(extra[0].shape[0], -np.inf)])
+        ub = np.concatenate([ub, extra[1]])
+    _pass_milp(h, highspy, enc, A, lb, ub)
+    h.run()
+    st = h.getModelStatus()
+    info = h.getInfo()
+    M = highspy.HighsModelStatus
+    x = None
+    if info.primal_solution_status == 2:
+        v = np.asarray(h.getSolution().col_value)
+        if v[-1] < cutoff:
+            x = v
+    if x is not None:
+        status = "found"
+    elif st in (M.kInfeasible, M.kOptimal, M.kObjectiveBound):
+        # with the cutoff, "infeasible", an optimum at or above it, or (for a pure LP) the
+        # dual simplex's bound reaching it: no input lies below it
+        status = "none"
+    else:
+        status = "unknown"
+    return {
+        "status": status,
+        "x": x,
+        "nodes": max(0, int(info.mip_node_count)),
+        "message": h.modelStatusToString(st),
+    }
+
+
+def _pass_milp(h, highspy, enc: Encoding, A: sp.spmatrix, lb: np.ndarray, ub: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """Load ``min enc.c . v`` s.t. ``lb <= A v <= ub``, the encoding's bounds and
+    integrality into the highspy solver ``h``."""
+    Ac = A.tocsc()
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = enc.c.size, Ac.shape[0]
+    lp.col_cost_ = enc.c
+    lp.col_lower_, lp.col_upper_ = enc.lower, enc.upper
+    lp.row_lower_, lp.row_upper_ = lb, ub
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = Ac.indptr, Ac.indices, Ac.data
+    kinds = (highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger)
+    lp.integrality_ = [kinds[int(v)] for v in enc.integrality]
+    h.passModel(lp)
 
 
 def start_point(net: PLNet, enc: Encoding, x: np.ndarray, x0: np.ndarray, norm: str) -> np.ndarray:
