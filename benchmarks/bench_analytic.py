@@ -4,8 +4,12 @@ Trains the seed's model ``f(x) = sigmoid(x W^T + b)`` (784 -> 10, 5 epochs of
 Adam) on full MNIST when it is found (``--data-dir``, else
 :func:`nninv.datasets.default_mnist_dir`), otherwise on the embedded 5,000
 digits, and inverts ``--n`` (10,000) of its outputs. Contenders, each timed as
-the median of ``--repeats`` calls, interleaved so that load from other
-processes hits all of them alike:
+the median of ``--repeats`` calls. The torch contenders are timed first,
+interleaved so that load from other processes hits all of them alike, then the
+NumPy ones, likewise: NumPy's BLAS keeps its own worker threads spinning after
+each call, and interleaved with torch on a 2-core machine they made every torch
+call after a NumPy one 2-3x slower.
+
 
 - ``nninv pinv``: ``invert(f, y, method="pinv")``, warm (the SVD of ``W`` is
   cached by the first call).
@@ -15,15 +19,17 @@ processes hits all of them alike:
 - ``seed code (numpy)`` / ``seed code (torch)``: ``(logit(y) - b) @ pinv(W^T)``
   with the pseudo-inverse recomputed per call, as the seed did.
 - ``bare GEMM``: one ``(N, 10) @ (10, 784)`` product in torch, the floor;
-  ``bare GEMM (numpy)`` is the same product in NumPy, for scale (NumPy's
-  allocator often makes its fresh 31-63 MB output cheaper to fault in).
+  ``bare GEMM (numpy)`` is the same product in NumPy, for scale.
 
 ``invert`` also runs the model once on its answer to measure the residual; that
 is part of its cost and stays in the measurement. Ratios are to the torch
 bare GEMM of the same dtype. Target: nninv pinv and analytic (gaussian) within 3x.
-The ``faults`` column is the median number of minor page faults per call: a
+The ``faults`` column is the median number of minor page faults per call. By
+default the benchmark has glibc keep freed memory in its heap (see
+:func:`keep_heap`), so that no contender pays them; with ``--system-malloc`` a
 fresh output of 10,000 x 784 float64 values (63 MB) costs about 15,000 of them,
-often more time than the product itself.
+often more time than the product itself, and whether a call pays them depends on
+what ran before it.
 
 Run ``python benchmarks/bench_analytic.py --help`` for the options.
 """
