@@ -155,13 +155,15 @@ def invert(
         reasons: list[str | None] = list(sol.reasons) if sol.reasons else [None] * len(x)
         if sol.ok is not None:
             ok &= sol.ok.to(ok.device)
-        for i in (~ok).nonzero().flatten().tolist():
-            if reasons[i] is None:
-                reasons[i] = f"residual {float(residual[i]):.3g} above tol {tol:g}"
+        all_ok = bool(ok.all())
+        if not all_ok:
+            for i in (~ok).nonzero().flatten().tolist():
+                if reasons[i] is None:
+                    reasons[i] = f"residual {float(residual[i]):.3g} above tol {tol:g}"
         info = {"tol": tol, "reasons": reasons, **sol.info}
         if moved:
             info["edge_values_moved"] = moved
-    n_bad = int((~ok).sum())
+    n_bad = 0 if all_ok else int((~ok).sum())
     if n_bad:
         first = next(r for r in reasons if r is not None)
         warnings.warn(

@@ -167,7 +167,7 @@ def backward_pass(
         with torch.no_grad():
             polish |= ~(_pre_residual(chain, exact, y) <= hidden_tol)
     polish &= ok
-    info["polished"] = int(polish.sum())
+    info["polished"] = int(polish.sum()) if bool(polish.any()) else 0  # any() is cheaper
     if info["polished"]:
         exact = exact.clone()
         xs, err, it = _polish(chain, exact[polish], y[polish], hidden_tol)
