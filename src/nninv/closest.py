@@ -522,6 +522,8 @@ def _exact(
 VERIFY_GAP = 1e-6
 #: Better incumbents :func:`_verify_linf` may find before the full MILP takes over.
 VERIFY_ROUNDS = 3
+#: Rounds of separation of the ideal cuts in each of :func:`_verify_linf`'s MILPs.
+VERIFY_CUT_ROUNDS = 1
 
 
 def _verify_linf(net, check, bounds, lo, hi, x0, label, rivals, others, x_inc, deadline, info, lap):  # type: ignore[no-untyped-def]
@@ -561,9 +563,9 @@ def _verify_linf(net, check, bounds, lo, hi, x0, label, rivals, others, x_inc, d
             monotone=True,
             margin_objective=True,
         )
-        # one round of the ideal formulation's cuts (Anderson et al. 2020): on these small
-        # LPs they pay, 7.2 -> 1.8 s on the slowest query of bench_preimage.py
-        cuts, cub, _ = ideal_cuts(enc, deadline, max_rounds=1)
+        # the ideal formulation's cuts (Anderson et al. 2020): on these small LPs they
+        # pay, 7.2 -> 1.8 s on the slowest query of bench_preimage.py
+        cuts, cub, _ = ideal_cuts(enc, deadline, max_rounds=VERIFY_CUT_ROUNDS)
         left = deadline - time.perf_counter()
         if left <= 0:
             return x_inc, False, r
