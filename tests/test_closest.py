@@ -37,10 +37,23 @@ def runner_up(f, x):
         return int(f(x.reshape(1, -1)).argsort(descending=True)[0, 1])
 
 
+def weights(f):
+    """The float64 weights and biases of an ``mlp``'s linear layers, as arrays."""
+    lin = [m for m in f if isinstance(m, nn.Linear)]
+    return [m.weight.detach().numpy() for m in lin], [m.bias.detach().numpy() for m in lin]
+
+
+def plnet(f):
+    """The ReLU ``mlp`` ``f`` as the MILP's :class:`nninv._milp.PLNet`."""
+    from nninv._milp import PLNet
+
+    Ws, bs = weights(f)
+    return PLNet(Ws, bs, [0.0] * (len(Ws) - 1))
+
+
 def brute_force(f, x0, c, norm, slope=0.0):
     """Minimum distance over all activation patterns, one LP per pattern (x in [0, 1]^n)."""
-    Ws = [m.weight.detach().numpy() for m in f if isinstance(m, nn.Linear)]
-    bs = [m.bias.detach().numpy() for m in f if isinstance(m, nn.Linear)]
+    Ws, bs = weights(f)
     n = Ws[0].shape[1]
     sizes = [W.shape[0] for W in Ws[:-1]]
     best = math.inf
@@ -130,16 +143,13 @@ def test_verify_linf_improves_a_poor_incumbent_to_the_optimum():
     # a far input of the class as incumbent: the reachability question finds a closer
     # one, polishes it in its region, and proves the result
     mod = sys.modules["nninv.closest"]
-    from nninv._milp import PLNet, interval_bounds
+    from nninv._milp import interval_bounds
 
     improved = 0
     for seed in range(4):
         f = mlp([3, 4, 3], seed)
         x0 = torch.rand(3, generator=torch.Generator().manual_seed(seed), dtype=D).numpy()
-        lin = [m for m in f if isinstance(m, nn.Linear)]
-        net = PLNet(
-            [m.weight.detach().numpy() for m in lin], [m.bias.detach().numpy() for m in lin], [0.0]
-        )
+        net = plnet(f)
         top = int(np.argmax(net.forward(x0[None])[0]))
         grid = np.random.default_rng(seed).random((4000, 3))
         labels = net.forward(grid).argmax(1)
@@ -177,16 +187,13 @@ def test_verify_linf_improves_a_poor_incumbent_to_the_optimum():
 
 
 def test_margin_milp_decides_reachability_like_brute_force():
-    from nninv._milp import PLNet, encode, interval_bounds, solve_margin
+    from nninv._milp import encode, interval_bounds, solve_margin
 
     seen = {"found": 0, "none": 0}
     for seed in range(4):
         f = mlp([3, 4, 3], seed)
         x0 = torch.rand(3, generator=torch.Generator().manual_seed(seed), dtype=D)
-        lin = [m for m in f if isinstance(m, nn.Linear)]
-        net = PLNet(
-            [m.weight.detach().numpy() for m in lin], [m.bias.detach().numpy() for m in lin], [0.0]
-        )
+        net = plnet(f)
         with torch.no_grad():
             top = int(f(x0[None]).argmax())
         for c in (j for j in range(3) if j != top):
