@@ -50,7 +50,7 @@ import scipy.special
 import torch
 
 from nninv import NNInvWarning, invert
-from nninv._demo import fit_priors, load_split, train_seed_model
+from nninv.cli._demo import fit_priors, load_split, train_seed_model
 from nninv.datasets import default_mnist_dir
 
 TARGET_RATIO = 3.0

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nninv._demo import DemoConfig, format_table, run_demo
+from nninv.cli._demo import DemoConfig, format_table, run_demo
 from nninv.datasets import default_mnist_dir
 
 MAX_RESIDUAL = 1e-5

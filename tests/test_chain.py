@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from nninv import NNInvError
-from nninv._chain import Affine, Elementwise, Shift, Unsupported, analyse
-from nninv.layers import Permute, Reshape
+from nninv.model._chain import Affine, Elementwise, Shift, Unsupported, analyse
+from nninv.model.layers import Permute, Reshape
 
 
 def test_consecutive_linear_modules_merge():

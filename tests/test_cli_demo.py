@@ -1,4 +1,4 @@
-"""Tests of ``nninv demo`` and the experiment code behind it (``nninv._demo``)."""
+"""Tests of ``nninv demo`` and the experiment code behind it (``nninv.cli._demo``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import torch
 from matplotlib.image import imread
 
 from conftest import EPS
-from nninv import _demo
-from nninv.cli import main
+from nninv.cli import _demo, main
 
 METHOD_ROWS = ("originals", "pinv", "gaussian", "mixture")
 

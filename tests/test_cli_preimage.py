@@ -25,7 +25,7 @@ def test_preimage_figure_offline(tmp_path, capsys):
 
 def test_preimage_figure_reproduces_the_output(tmp_path):
     """Every member written reproduces the output of x0 (the pigeonhole argument)."""
-    from nninv._demo import train_seed_model
+    from nninv.cli._demo import train_seed_model
     from nninv.datasets import load_embedded
 
     out = tmp_path / "f"

@@ -44,8 +44,8 @@ def weights(f):
 
 
 def plnet(f):
-    """The ReLU ``mlp`` ``f`` as the MILP's :class:`nninv._milp.PLNet`."""
-    from nninv._milp import PLNet
+    """The ReLU ``mlp`` ``f`` as the MILP's :class:`nninv.geometry._milp.PLNet`."""
+    from nninv.geometry._milp import PLNet
 
     Ws, bs = weights(f)
     return PLNet(Ws, bs, [0.0] * (len(Ws) - 1))
@@ -106,7 +106,7 @@ def test_milp_agrees_with_brute_force(widths, slope, gain, norm, path, monkeypat
     # linf first asks whether the class is reachable within the incumbent's radius
     # (_verify_linf); "distance MILP" takes that step away, as without highspy
     if path == "distance MILP":
-        monkeypatch.setattr(sys.modules["nninv.closest"], "solve_margin", lambda *a: None)
+        monkeypatch.setattr(sys.modules["nninv.geometry.closest"], "solve_margin", lambda *a: None)
     n_opt = n_verified = 0
     for seed in range(4):
         f = mlp(widths, seed, slope, gain)
@@ -142,8 +142,8 @@ def test_milp_agrees_with_brute_force(widths, slope, gain, norm, path, monkeypat
 def test_verify_linf_improves_a_poor_incumbent_to_the_optimum():
     # a far input of the class as incumbent: the reachability question finds a closer
     # one, polishes it in its region, and proves the result
-    mod = sys.modules["nninv.closest"]
-    from nninv._milp import interval_bounds
+    mod = sys.modules["nninv.geometry.closest"]
+    from nninv.geometry._milp import interval_bounds
 
     improved = 0
     for seed in range(4):
@@ -187,7 +187,7 @@ def test_verify_linf_improves_a_poor_incumbent_to_the_optimum():
 
 
 def test_margin_milp_decides_reachability_like_brute_force():
-    from nninv._milp import encode, interval_bounds, solve_margin
+    from nninv.geometry._milp import encode, interval_bounds, solve_margin
 
     seen = {"found": 0, "none": 0}
     for seed in range(4):
@@ -319,7 +319,7 @@ def test_smooth_networks_get_a_verified_heuristic():
 
 
 def test_time_limit_returns_the_incumbent_and_the_dual_bound(monkeypatch):
-    mod = sys.modules["nninv.closest"]
+    mod = sys.modules["nninv.geometry.closest"]
     real = mod.solve_milp
 
     def stopped(*args, **kwargs):
@@ -375,9 +375,9 @@ def test_exported():
 
 def _milp_optimum(f, x0, c, **kw):
     """Solve the linf MILP over [0, 1]^n directly, with interval bounds only."""
-    from nninv._chain import analyse
-    from nninv._milp import PLNet, encode, interval_bounds, solve_milp
-    from nninv.preimage import pl_slope
+    from nninv.geometry._milp import PLNet, encode, interval_bounds, solve_milp
+    from nninv.geometry.preimage import pl_slope
+    from nninv.model._chain import analyse
 
     net = PLNet.from_steps(list(analyse(f, None).steps), f[0].in_features, pl_slope)
     lo, hi = np.zeros(net.n_in), np.ones(net.n_in)
@@ -391,7 +391,7 @@ def _milp_optimum(f, x0, c, **kw):
 def test_monotone_neurons_keep_the_optimum(slope):
     """Binaries of last-layer neurons that only hurt the class can be relaxed: same optimum,
     and the relaxed optimum's input is in the class (checked on the network)."""
-    from nninv._milp import monotone_neurons
+    from nninv.geometry._milp import monotone_neurons
 
     n_freed = 0
     for seed in range(6):
@@ -416,7 +416,9 @@ def test_lazy_rivals_agree_with_brute_force(monkeypatch):
     """Rivals left out of the MILP are added back when its optimum violates them. Without
     the gradient search's point only the top class is a rival at first, so the re-solve
     path runs."""
-    monkeypatch.setattr(sys.modules["nninv.closest"], "_attack", lambda *a, **k: (None, {}))
+    monkeypatch.setattr(
+        sys.modules["nninv.geometry.closest"], "_attack", lambda *a, **k: (None, {})
+    )
     rounds = []
     for seed in range(8):
         f = mlp([3, 6, 6], seed, gain=2.0)
@@ -440,7 +442,7 @@ def test_lazy_rivals_agree_with_brute_force(monkeypatch):
 def test_incumbent_radius_gives_the_same_optimum(monkeypatch):
     """Shrinking the box to the gradient search's distance loses nothing: the same optimum
     as the MILP over the whole max_distance box."""
-    mod = sys.modules["nninv.closest"]
+    mod = sys.modules["nninv.geometry.closest"]
     for seed in range(4):
         f = mlp([4, 8, 3], seed)
         x0 = torch.rand(4, generator=torch.Generator().manual_seed(seed), dtype=D)
@@ -471,7 +473,7 @@ def test_bound_never_exceeds_distance(norm):
 
 
 def test_tighten_skips_monotone_neurons():
-    from nninv._milp import interval_bounds, monotone_neurons, tighten
+    from nninv.geometry._milp import interval_bounds, monotone_neurons, tighten
 
     f = mlp([4, 12, 3], seed=2, gain=2.0)
     x0 = np.full(4, 0.5)

@@ -1,4 +1,4 @@
-"""Tests of ``nninv.io.load_model``: Keras, ONNX and TorchScript files built here.
+"""Tests of ``nninv.model.io.load_model``: Keras, ONNX and TorchScript files built here.
 
 Every model is saved to a real file, loaded, and compared with the framework
 that wrote it (Keras with the torch backend, onnxruntime, TorchScript) on the
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from nninv import NNInvError
-from nninv.io import load_model
-from nninv.layers import Permute, Reshape
+from nninv.model.io import load_model
+from nninv.model.layers import Permute, Reshape
 
 os.environ["KERAS_BACKEND"] = "torch"  # before keras is first imported
 
@@ -577,7 +577,7 @@ def test_onnx_handmade(onnx, tmp_path, make, record_property):
 
 def test_onnx_matmul_add_is_one_linear(onnx):
     proto, _ = _handmade_dense(onnx)
-    from nninv.io._onnx import convert_onnx
+    from nninv.model.io._onnx import convert_onnx
 
     model = convert_onnx(proto)
     assert isinstance(model.mm1, nn.Linear) and "bias1" not in dict(model.named_children())
@@ -828,7 +828,7 @@ def _ts_max_diff(a: nn.Module, b: nn.Module, shape: tuple[int, ...]) -> float:
 @pytest.mark.parametrize("how", ["script", "trace"])
 @pytest.mark.parametrize("name", list(TS_CHAINS))
 def test_torchscript_chain_is_rebuilt(tmp_path, name, how):
-    from nninv._chain import analyse
+    from nninv.model._chain import analyse
 
     make, shape, save_shape, steps = TS_CHAINS[name]
     torch.manual_seed(0)
@@ -943,7 +943,7 @@ def test_torchscript_non_chain_stays_opaque(tmp_path, make, how):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_torchscript_custom_module_stays_opaque(tmp_path):
-    from nninv._chain import analyse
+    from nninv.model._chain import analyse
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -968,7 +968,7 @@ def test_torchscript_custom_module_stays_opaque(tmp_path):
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_torchscript_rebuild_that_differs_is_refused(tmp_path, monkeypatch, how):
-    from nninv.io import _torchscript
+    from nninv.model.io import _torchscript
 
     torch.manual_seed(0)
     module = _ts_leaky().eval()

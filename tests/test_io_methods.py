@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import nninv
-from nninv._chain import Affine, Elementwise, analyse
-from nninv.io import load_model
+from nninv.model._chain import Affine, Elementwise, analyse
+from nninv.model.io import load_model
 from nninv.priors import GaussianPrior
 
 os.environ["KERAS_BACKEND"] = "torch"  # before keras is first imported

@@ -10,9 +10,9 @@ __version__ = "0.1.0"
 from . import priors
 from ._errors import NNInvError, NNInvWarning
 from ._result import Inversion
-from .diagnose import Diagnosis, diagnose
-from .inversion import invert
-from .io import load_model
+from .methods.invert import invert
+from .model.diagnose import Diagnosis, diagnose
+from .model.io import load_model
 from .targets import ClassTarget
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "priors",
 ]
 
-from .closest import Closest, closest  # noqa: E402
-from .preimage import Preimage, preimage  # noqa: E402
+from .geometry.closest import Closest, closest  # noqa: E402
+from .geometry.preimage import Preimage, preimage  # noqa: E402
 
 __all__ += ["Closest", "Preimage", "closest", "preimage"]

@@ -156,7 +156,7 @@ def analyse_model(
     convolution), the shape of one sample of ``data`` is used, as
     :func:`nninv.invert` does with a prior.
     """
-    from .._chain import analyse, eval_mode
+    from ..model._chain import analyse, eval_mode
 
     with eval_mode(model):
         try:

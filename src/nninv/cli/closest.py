@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         if args.input is not None:
             raise NNInvError("--input needs MODEL")
-        from .._demo import train_classifier
         from ..datasets import load_embedded
+        from ._demo import train_classifier
 
         ds = load_embedded(args.dataset)
         train, test = ds.split(min(1000, len(ds) // 5), args.seed)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         X = test.images[: args.count].reshape(args.count, -1).numpy()
     else:
         from .. import load_model
-        from .._chain import analyse, eval_mode
+        from ..model._chain import analyse, eval_mode
 
         if args.input is None:
             raise NNInvError("with MODEL, give the inputs with --input X.npy")

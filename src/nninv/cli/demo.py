@@ -77,7 +77,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; return the exit status."""
-    from .._demo import DemoConfig, format_table, run_demo
+    from ._demo import DemoConfig, format_table, run_demo
 
     if args.components is not None and args.components < 1:
         raise NNInvError(f"--components must be a positive integer, got {args.components}")

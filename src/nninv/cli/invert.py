@@ -174,8 +174,8 @@ def _pick_method(
     name: str, bounds: tuple[float, float] | None, chain: Any, prior: Any, target: Any
 ) -> str:
     """The method ``invert`` will run: ``auto`` resolved here, so options can follow it."""
-    from ..inversion import _auto_method
     from ..methods import METHODS
+    from ..methods.invert import _auto_method
 
     if name == "auto":
         # pinv and analytic aim at exact outputs without bounds; optimize does the rest.

@@ -119,8 +119,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _seed_setup(args: argparse.Namespace) -> tuple[Any, np.ndarray, np.ndarray | None, np.ndarray]:
-    from .._demo import train_seed_model
     from ..datasets import load_embedded
+    from ._demo import train_seed_model
 
     ds = load_embedded(args.dataset)
     train, test = ds.split(min(1000, len(ds) // 5), args.seed)
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         if args.input is None:
             raise NNInvError("with MODEL, give the input x0 with --input X.npy")
         model = load_model(args.model)
-        from .._chain import analyse, eval_mode
+        from ..model._chain import analyse, eval_mode
 
         with eval_mode(model):
             shape = analyse(model).input_shape

@@ -86,9 +86,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._chain import Chain, Elementwise, Shift
 from .._errors import NNInvError
-from .._target import output_kind
+from ..model._chain import Chain, Elementwise, Shift
+from ..model._outputs import output_kind
 from ..priors import CombinedPrior, GaussianMixturePrior, GaussianPrior
 from ..targets import ClassTarget
 from . import Problem, Solution, register
@@ -1403,7 +1403,7 @@ def _assess(
     hi: Tensor | None,
 ) -> tuple[Tensor, list[str | None], Tensor]:
     """Per row: whether the target is met (measured on the model), why not, ``-log p(x)``."""
-    from .._target import residual_of
+    from ..model._outputs import residual_of
 
     T = x.shape[0]
     with torch.no_grad():

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._chain import _input_shape, analyse, eval_mode
-from ._errors import NNInvError, NNInvWarning
-from ._result import Inversion
-from ._target import as_output, check_range, residual_of
-from .methods import Problem, get_method
-from .priors import Prior
-from .targets import ClassTarget
+from .._errors import NNInvError, NNInvWarning
+from .._result import Inversion
+from ..model._chain import _input_shape, analyse, eval_mode
+from ..model._outputs import as_output, check_range, residual_of
+from ..priors import Prior
+from ..targets import ClassTarget
+from . import Problem, get_method
 
 #: Default residual tolerance for ``converged``, per dtype.
 DEFAULT_TOL = {torch.float64: 1e-5, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}

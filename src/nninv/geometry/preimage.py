@@ -45,13 +45,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._chain import Affine, Chain, Elementwise, Shift, Step, Unsupported, analyse, eval_mode
-from ._errors import NNInvError
-from ._linalg import factor
+from .._errors import NNInvError
+from .._linalg import factor
+from ..model._chain import Affine, Chain, Elementwise, Shift, Step, Unsupported, analyse, eval_mode
+from ..model._outputs import as_output, check_range, class_shortfall
+from ..priors import GaussianMixturePrior, GaussianPrior, Prior
+from ..targets import ClassTarget
 from ._polytope import Dynamics, MixtureMoves, Polyhedron, Walk, ess_rhat
-from ._target import as_output, check_range, class_shortfall
-from .priors import GaussianMixturePrior, GaussianPrior, Prior
-from .targets import ClassTarget
 
 _F64 = torch.float64
 
@@ -1270,7 +1270,7 @@ def preimage(
     mf = _Manifold(core, cons.Ez, cons.ez, lo, hi)
     start = x_ar
     if start is None:
-        from .inversion import invert
+        from ..methods.invert import invert
 
         y_out = tgt if isinstance(tgt, Tensor) else None
         assert y_out is not None

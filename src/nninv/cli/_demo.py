@@ -50,12 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._errors import NNInvError, NNInvWarning
-from .datasets import DATASETS, Dataset, default_mnist_dir, load_dataset, load_mnist
-from .figures import save_grid
-from .inversion import invert
-from .metrics import psnr, ssim
-from .priors import GaussianMixturePrior, GaussianPrior, Prior
+from .._errors import NNInvError, NNInvWarning
+from ..datasets import DATASETS, Dataset, default_mnist_dir, load_dataset, load_mnist
+from ..figures import save_grid
+from ..methods.invert import invert
+from ..metrics import psnr, ssim
+from ..priors import GaussianMixturePrior, GaussianPrior, Prior
 
 #: Row labels of the table and figure, with the ``invert`` method and prior each uses.
 METHODS: dict[str, str] = {"pinv": "pinv", "gaussian": "analytic", "mixture": "analytic"}

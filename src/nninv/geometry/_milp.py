@@ -51,8 +51,8 @@ import scipy.sparse as sp
 import torch
 from scipy.optimize import Bounds, LinearConstraint, linprog
 
-from ._chain import Affine, Step
-from ._errors import NNInvError
+from .._errors import NNInvError
+from ..model._chain import Affine, Step
 from ._polytope import LP_OPTIONS
 
 

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._errors import NNInvError
+from .._linalg import Factor, factor
 from ._activations import Activation, activation_of
-from ._errors import NNInvError
-from ._linalg import Factor, factor
 from .layers import Permute, Reshape
 
 #: Largest dense operator (entries) built without being asked: 2**25 (256 MiB in float64).

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._errors import NNInvError
+from ..._errors import NNInvError
 
 #: The kinds of file :func:`load_model` reads, as named in its error messages.
 SUPPORTED_KINDS: tuple[str, ...] = (

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._errors import NNInvError
+from .._errors import NNInvError
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -67,8 +67,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._chain import Affine, analyse, eval_mode
-from ._errors import NNInvError
+from .._errors import NNInvError
+from ..model._chain import Affine, analyse, eval_mode
+from ..model._outputs import class_shortfall
+from ..targets import ClassTarget
 from ._milp import (
     PLNet,
     encode,
@@ -83,9 +85,7 @@ from ._milp import (
     tighten,
 )
 from ._polytope import Polyhedron, one_thread
-from ._target import class_shortfall
 from .preimage import as_bounds, as_input, float64_copy, peel_class_steps, pl_slope
-from .targets import ClassTarget
 
 _F64 = torch.float64
 NORMS = ("linf", "l1", "l2")

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._errors import NNInvError, NNInvWarning
+from ..targets import ClassTarget
 from ._chain import Chain, Elementwise, Shift
-from ._errors import NNInvError, NNInvWarning
-from .targets import ClassTarget
 
 
 def as_output(

@@ -55,8 +55,8 @@ import torch
 from scipy.optimize import linprog, minimize
 from torch import Tensor
 
-from ._errors import NNInvError
-from ._linalg import factor
+from .._errors import NNInvError
+from .._linalg import factor
 
 #: HiGHS options for every LP here: tight feasibility, so members verify in float64.
 LP_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
