@@ -375,8 +375,8 @@ def test_exported():
 
 def _milp_optimum(f, x0, c, **kw):
     """Solve the linf MILP over [0, 1]^n directly, with interval bounds only."""
+    from nninv.geometry._inputs import pl_slope
     from nninv.geometry._milp import PLNet, encode, interval_bounds, solve_milp
-    from nninv.geometry.preimage import pl_slope
     from nninv.model._chain import analyse
 
     net = PLNet.from_steps(list(analyse(f, None).steps), f[0].in_features, pl_slope)

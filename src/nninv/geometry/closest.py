@@ -71,6 +71,7 @@ from .._errors import NNInvError
 from ..model._chain import Affine, analyse, eval_mode
 from ..model._outputs import class_shortfall
 from ..targets import ClassTarget
+from ._inputs import as_bounds, as_input, float64_copy, peel_class_steps, pl_slope
 from ._milp import (
     PLNet,
     encode,
@@ -85,7 +86,6 @@ from ._milp import (
     tighten,
 )
 from ._polytope import Polyhedron, one_thread
-from .preimage import as_bounds, as_input, float64_copy, peel_class_steps, pl_slope
 
 _F64 = torch.float64
 NORMS = ("linf", "l1", "l2")

@@ -1,0 +1,118 @@
+"""Input-side helpers shared by :mod:`~nninv.geometry.preimage` and
+:mod:`~nninv.geometry.closest`: bounds and inputs as flat float64 rows, a float64
+copy of the model, and the reading of piecewise-linear steps (ReLU slopes, max
+pooling, the trailing steps that keep the arg-max).
+"""
+
+from __future__ import annotations
+
+__all__ = ["as_bounds", "as_input", "float64_copy", "is_maxpool", "peel_class_steps", "pl_slope"]
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._errors import NNInvError
+from ..model._chain import Elementwise, Shift, Step, Unsupported
+
+_F64 = torch.float64
+
+
+def as_bounds(bounds: Any, input_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """``(lo, hi)`` flat float64 tensors from None, a pair of scalars or of arrays."""
+    n = math.prod(input_shape)
+    if bounds is None:
+        return torch.full((n,), -math.inf, dtype=_F64), torch.full((n,), math.inf, dtype=_F64)
+    try:
+        lo_in, hi_in = bounds
+    except (TypeError, ValueError):
+        raise NNInvError(
+            f"bounds must be None or a pair (lo, hi), got {type(bounds).__name__}"
+        ) from None
+    out = []
+    for name, v in (("lo", lo_in), ("hi", hi_in)):
+        default = -math.inf if name == "lo" else math.inf
+        t = torch.as_tensor(default if v is None else v, dtype=_F64).detach().cpu()
+        try:
+            t = torch.broadcast_to(t, input_shape).reshape(-1).clone()
+        except RuntimeError:
+            raise NNInvError(
+                f"bounds {name} of shape {tuple(t.shape)} does not broadcast to the input "
+                f"shape {input_shape}"
+            ) from None
+        if bool(torch.isnan(t).any()):
+            raise NNInvError(f"bounds {name} contains NaN")
+        out.append(t)
+    lo, hi = out
+    bad = lo > hi
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise NNInvError(f"bounds: lo > hi at input {i} ({float(lo[i])} > {float(hi[i])})")
+    return lo, hi
+
+
+def as_input(x: Any, input_shape: tuple[int, ...], name: str = "x") -> Tensor:
+    """Flat float64 rows ``(N, n)`` from ``(N, *input_shape)`` or one unbatched input."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except Exception:
+            raise NNInvError(
+                f"{name} must be a tensor or an array, got {type(x).__name__}"
+            ) from None
+    x = x.detach().to("cpu", _F64)
+    if tuple(x.shape) == input_shape:
+        x = x.unsqueeze(0)
+    if tuple(x.shape[1:]) != input_shape:
+        raise NNInvError(
+            f"{name} has shape {tuple(x.shape)} but the model's inputs are shaped "
+            f"(N, {', '.join(map(str, input_shape))})"
+        )
+    x = x.reshape(x.shape[0], -1)
+    if not bool(torch.isfinite(x).all()):
+        raise NNInvError(f"{name} contains NaN or inf")
+    return x
+
+
+def float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 CPU copy of ``model`` in eval mode: the same function, evaluated exactly."""
+    m = copy.deepcopy(model).to("cpu", _F64)
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def pl_slope(step: Step) -> float | None:
+    """The negative-side slope of a ReLU or leaky ReLU step, else None."""
+    if isinstance(step, Elementwise):
+        mod = step.layer.module
+        if isinstance(mod, nn.LeakyReLU):
+            return float(mod.negative_slope)
+        if isinstance(mod, nn.ReLU) or step.act.name == "relu":
+            return 0.0
+    return None
+
+
+def is_maxpool(step: Step) -> bool:
+    return isinstance(step, Unsupported) and isinstance(
+        step.layer.module, nn.MaxPool1d | nn.MaxPool2d
+    )
+
+
+def peel_class_steps(steps: list[Step]) -> list[Step]:
+    """Drop trailing steps that keep the arg-max: increasing activations and softmax."""
+    i = len(steps)
+    while i > 1:
+        s = steps[i - 1]
+        if isinstance(s, Shift) or (isinstance(s, Elementwise) and s.act.injective):
+            i -= 1
+            continue
+        break
+    return steps[:i]
