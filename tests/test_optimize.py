@@ -248,7 +248,7 @@ def test_whiten_rank_reaches_the_same_optimum(gauss12):
 
 
 def test_low_rank_coordinates_are_exact_for_their_covariance(gauss12):
-    from nninv.methods.optimize import _Coords
+    from nninv.methods._constraint import _Coords
 
     full = _Coords.build(gauss12, (12,), F64, torch.device("cpu"))
     low = full.low_rank(4)
