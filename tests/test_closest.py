@@ -143,7 +143,7 @@ def test_verify_linf_improves_a_poor_incumbent_to_the_optimum():
     # a far input of the class as incumbent: the reachability question finds a closer
     # one, polishes it in its region, and proves the result
     mod = sys.modules["nninv.geometry.closest"]
-    from nninv.geometry._milp import interval_bounds
+    from nninv.geometry._bounds import interval_bounds
 
     improved = 0
     for seed in range(4):
@@ -187,7 +187,9 @@ def test_verify_linf_improves_a_poor_incumbent_to_the_optimum():
 
 
 def test_margin_milp_decides_reachability_like_brute_force():
-    from nninv.geometry._milp import encode, interval_bounds, solve_margin
+    from nninv.geometry._bounds import interval_bounds
+    from nninv.geometry._highs import solve_margin
+    from nninv.geometry._milp import encode
 
     seen = {"found": 0, "none": 0}
     for seed in range(4):
@@ -375,8 +377,10 @@ def test_exported():
 
 def _milp_optimum(f, x0, c, **kw):
     """Solve the linf MILP over [0, 1]^n directly, with interval bounds only."""
+    from nninv.geometry._bounds import interval_bounds
+    from nninv.geometry._highs import solve_milp
     from nninv.geometry._inputs import pl_slope
-    from nninv.geometry._milp import PLNet, encode, interval_bounds, solve_milp
+    from nninv.geometry._milp import PLNet, encode
     from nninv.model._chain import analyse
 
     net = PLNet.from_steps(list(analyse(f, None).steps), f[0].in_features, pl_slope)
@@ -473,7 +477,8 @@ def test_bound_never_exceeds_distance(norm):
 
 
 def test_tighten_skips_monotone_neurons():
-    from nninv.geometry._milp import interval_bounds, monotone_neurons, tighten
+    from nninv.geometry._bounds import interval_bounds, tighten
+    from nninv.geometry._milp import monotone_neurons
 
     f = mlp([4, 12, 3], seed=2, gain=2.0)
     x0 = np.full(4, 0.5)

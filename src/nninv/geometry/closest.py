@@ -8,7 +8,7 @@ in that class, so no smaller perturbation exists.
 How each case is solved
 -----------------------
 - ReLU and leaky-ReLU networks, ``norm="linf"`` or ``"l1"``: exactly, by a
-  mixed-integer linear program with HiGHS (:mod:`nninv._milp`): one binary
+  mixed-integer linear program with HiGHS (:mod:`nninv.geometry._milp`): one binary
   per unstable neuron and big-M constants from its bounds. The problem is
   made as small as possible first: a quick projected-gradient search gives a
   verified input, whose distance bounds the optimum, so the box shrinks to
@@ -18,7 +18,7 @@ How each case is solved
   against the rivals that win near ``x0`` and near the gradient search's point,
   and adds the others back when its optimum violates them (its bound is valid
   either way); with few rivals, many neurons of the last hidden layer only
-  hurt the class and need no binary (:func:`nninv._milp.monotone_neurons`).
+  hurt the class and need no binary (:func:`nninv.geometry._milp.monotone_neurons`).
   For ``linf`` the verified input (at distance ``d``) is then usually proven
   optimal directly: a smaller MILP, with the radius as the box and no
   distance variable, decides whether any input within ``d (1 - 1e-6)`` is in
@@ -33,7 +33,7 @@ How each case is solved
   ``info["phase_seconds"]`` says where the time went.
 - One affine layer followed by increasing activations or a softmax (the
   seed's model): the class region is a polytope; ``linf`` and ``l1`` are
-  LPs and ``l2`` is the exact projection QP of :mod:`nninv._polytope`.
+  LPs and ``l2`` is the exact projection QP of :mod:`nninv.geometry._polytope`.
 - ``norm="l2"`` on deeper ReLU networks: the MILP would be quadratic, which
   HiGHS does not solve. ``bound`` is the exact ``linf`` distance (proven,
   since ``|v|_2 >= |v|_inf``); ``x`` is the best of the exact projection onto
@@ -69,25 +69,17 @@ from torch import Tensor, nn
 
 from .._errors import NNInvError
 from ..model._chain import Affine, analyse, eval_mode
-from ..model._outputs import class_shortfall
 from ..targets import ClassTarget
+from ._attack import _attack, _Checker, _dist
+from ._bounds import ideal_cuts, interval_bounds, tighten
+from ._highs import region_lp, region_polytope, solve_margin, solve_milp
 from ._inputs import as_bounds, as_input, float64_copy, peel_class_steps, pl_slope
-from ._milp import (
-    PLNet,
-    encode,
-    ideal_cuts,
-    interval_bounds,
-    monotone_neurons,
-    region_lp,
-    region_polytope,
-    solve_margin,
-    solve_milp,
-    start_point,
-    tighten,
-)
-from ._polytope import Polyhedron, one_thread
+from ._milp import PLNet, encode, monotone_neurons, start_point
+from ._polytope import Polyhedron
 
-_F64 = torch.float64
+# solve_milp, solve_margin and _attack are called from this module's own code, as its
+# globals, so that replacing them here (as the tests do) reaches every path of closest()
+
 NORMS = ("linf", "l1", "l2")
 STATUSES = ("optimal", "infeasible", "time_limit", "heuristic")
 
@@ -135,30 +127,6 @@ class Closest:
             f"Closest(status={self.status!r}, norm={self.norm!r}, label={self.label}, "
             f"distance={self.distance:.6g}, bound={self.bound:.6g})"
         )
-
-
-def _dist(v: np.ndarray, norm: str) -> float:
-    if norm == "linf":
-        return float(np.abs(v).max()) if v.size else 0.0
-    if norm == "l1":
-        return float(np.abs(v).sum())
-    return float(np.linalg.norm(v))
-
-
-class _Checker:
-    """Runs the float64 model on flat inputs and says whether class ``c`` wins."""
-
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], label: int):
-        self.model, self.shape, self.label = model, input_shape, label
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = self.model(torch.from_numpy(np.atleast_2d(x)).reshape(-1, *self.shape))
-        return out.reshape(out.shape[0], -1).numpy()
-
-    def ok(self, x: np.ndarray) -> bool:
-        out = torch.from_numpy(self.logits(x))
-        return bool(class_shortfall(ClassTarget([self.label]), out)[0] == 0)
 
 
 def closest(
@@ -340,7 +308,7 @@ def _exact(
     Measured on a 784-128-10 MNIST MLP (``benchmarks/bench_preimage.py --part b``):
     the ideal cuts of Anderson et al. (2020), in the tightening LPs or in the
     MILP, raise the root bound but make HiGHS's LPs denser and slower, so they
-    are not used here (:func:`nninv._milp.ideal_cuts` remains for callers).
+    are not used here (:func:`nninv.geometry._bounds.ideal_cuts` remains for callers).
     """
     info: dict[str, Any] = {"method": "milp" if net.slopes else "lp"}
     phases: dict[str, float] = {}
@@ -533,7 +501,7 @@ def _verify_linf(net, check, bounds, lo, hi, x0, label, rivals, others, x_inc, d
     needs neither the distance variable nor its rows (the radius is the box), so
     its LPs are several times smaller than those of the distance MILP: branch and
     bound minimises the largest rival's lead over the label with the cutoff 0
-    (:func:`nninv._milp.solve_margin`), pruning a node as soon as its relaxation
+    (:func:`nninv.geometry._highs.solve_margin`), pruning a node as soon as its relaxation
     proves the class out of reach. On the MNIST MLP of ``bench_preimage.py`` this
     takes 2.6-2.8 s where the distance MILP took 7.5-9.9 s. A point it finds in the
     class is polished inside its activation region (one LP) into a closer
@@ -714,142 +682,3 @@ def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in
         return done(None, "heuristic", bound, info)
     best = min(cands, key=lambda v: _dist(v - x0, "l2"))
     return done(best, "heuristic", bound, info)
-
-
-# --- the gradient search ---------------------------------------------------------------
-
-
-def _project_ball(v: Tensor, eps: float, norm: str) -> Tensor:
-    if norm == "linf":
-        return v.clamp(-eps, eps)
-    if norm == "l2":
-        nrm = v.norm(dim=1, keepdim=True).clamp(min=1e-300)
-        return v * (eps / nrm).clamp(max=1.0)
-    # l1: Duchi et al. (2008), sort-based projection onto the l1 ball
-    a = v.abs()
-    out = v.clone()
-    over = a.sum(1) > eps
-    if bool(over.any()):
-        u, _ = a[over].sort(1, descending=True)
-        css = u.cumsum(1)
-        k = torch.arange(1, u.shape[1] + 1, dtype=v.dtype)
-        cond = u - (css - eps) / k > 0
-        rho = cond.to(torch.long).cumsum(1).argmax(1)
-        theta = (css.gather(1, rho[:, None])[:, 0] - eps) / (rho + 1).to(v.dtype)
-        out[over] = v[over].sign() * (a[over] - theta[:, None]).clamp(min=0)
-    return out
-
-
-def _pgd(model, in_shape, x0, label, norm, lo, hi, eps, steps, restarts, gen):  # type: ignore[no-untyped-def]
-    """Targeted PGD within the ``eps`` ball and the box; returns a verified input or None."""
-    n = x0.numel()
-    X0 = x0.expand(restarts, n)
-    delta = torch.zeros(restarts, n, dtype=_F64)
-    if restarts > 1:
-        delta[1:] = _project_ball(
-            (torch.rand(restarts - 1, n, generator=gen, dtype=_F64) * 2 - 1) * eps, eps, norm
-        )
-    delta = (torch.clamp(X0 + delta, lo, hi) - X0).requires_grad_(True)
-    step = 2.5 * eps / steps
-    best = None
-    for _ in range(steps):
-        out = model((X0 + delta).reshape(-1, *in_shape)).reshape(restarts, -1)
-        other = out.clone()
-        other[:, label] = -math.inf
-        loss = (other.amax(1) - out[:, label]).clamp(min=-1e-3)
-        won = (other.amax(1) - out[:, label]) < 0
-        if bool(won.any()):
-            best = (X0 + delta)[won.nonzero()[0, 0]].detach().clone()
-            break
-        (g,) = torch.autograd.grad(loss.sum(), delta)
-        with torch.no_grad():
-            if norm == "linf":
-                d = delta - step * g.sign()
-            elif norm == "l2":
-                d = delta - step * g / g.norm(dim=1, keepdim=True).clamp(min=1e-300)
-            else:
-                # steepest l1 descent: move the coordinates with the largest gradient
-                k = max(1, n // 50)
-                top = g.abs().topk(k, dim=1).indices
-                upd = torch.zeros_like(g).scatter(1, top, g.gather(1, top).sign())
-                d = delta - step * upd * (n / k) ** 0.5
-            d = _project_ball(d, eps, norm)
-            d = torch.clamp(X0 + d, lo, hi) - X0
-        delta = d.requires_grad_(True)
-    return best
-
-
-def _attack(
-    model64,
-    in_shape,
-    x0,
-    label,
-    norm,
-    lo,
-    hi,
-    max_distance,
-    deadline,
-    seed,
-    steps=100,
-    restarts=4,
-    rounds=12,
-):  # type: ignore[no-untyped-def]
-    """Smallest radius at which PGD reaches the class, by bisection; ``(x or None, info)``."""
-    with one_thread():
-        return _bisect(
-            model64,
-            in_shape,
-            x0,
-            label,
-            norm,
-            lo,
-            hi,
-            max_distance,
-            deadline,
-            seed,
-            steps,
-            restarts,
-            rounds,
-        )
-
-
-def _bisect(
-    model64,
-    in_shape,
-    x0,
-    label,
-    norm,
-    lo,
-    hi,
-    max_distance,
-    deadline,
-    seed,
-    steps,
-    restarts,
-    rounds,
-):  # type: ignore[no-untyped-def]
-    gen = torch.Generator().manual_seed(seed)
-    x0t = torch.from_numpy(np.asarray(x0, dtype=np.float64))
-    lo_t, hi_t = torch.from_numpy(np.asarray(lo)), torch.from_numpy(np.asarray(hi))
-    check = _Checker(model64, in_shape, label)
-    if max_distance is not None:
-        top = max_distance
-    else:
-        span = torch.where(torch.isfinite(hi_t - lo_t), hi_t - lo_t, torch.ones_like(lo_t) * 10)
-        top = float(_dist(span.numpy(), norm))
-    best = None
-    x = _pgd(model64, in_shape, x0t, label, norm, lo_t, hi_t, top, steps, restarts, gen)
-    if x is not None and check.ok(x.numpy()):
-        best = x.numpy()
-        hi_r, lo_r = min(top, _dist(best - x0, norm)), 0.0
-        for _ in range(rounds):
-            if time.perf_counter() > deadline:
-                break
-            mid = 0.5 * (lo_r + hi_r)
-            x = _pgd(model64, in_shape, x0t, label, norm, lo_t, hi_t, mid, steps, restarts, gen)
-            if x is not None and check.ok(x.numpy()):
-                best = x.numpy()
-                hi_r = min(mid, _dist(best - x0, norm))
-            else:
-                lo_r = mid
-    return best, {"pgd_steps": steps, "pgd_restarts": restarts}
