@@ -13,7 +13,8 @@ from torch import nn
 
 import nninv
 from nninv import ClassTarget, NNInvError, Preimage, preimage
-from nninv.geometry._polytope import Polyhedron, ess_rhat
+from nninv.geometry._diagnostics import ess_rhat
+from nninv.geometry._polytope import Polyhedron
 from nninv.priors import GaussianPrior
 
 D = torch.float64
@@ -479,7 +480,7 @@ def test_prior_respects_inequality_walls():
 
 
 def test_harmonic_hit_times_match_a_fine_time_grid():
-    from nninv.geometry._polytope import _harmonic_rates
+    from nninv.geometry._walks import _harmonic_rates
 
     rng = np.random.default_rng(0)
     a = rng.uniform(-1, 1, (100, 1))
