@@ -332,7 +332,7 @@ ERRORS = {
     "missing model": (["{dir}/nowhere.keras", "--outputs", "{Y}"], r"nowhere\.keras"),
     "truncated model": (["{bad}/cut.keras", "--outputs", "{Y}"], r"cut\.keras.*corrupt"),
     "wrong width": (["{model}", "--outputs", "{bad}/Y9.npy"], r"Y9\.npy.*\(20, 9\).*\(N, 10\)"),
-    "nan": (["{model}", "--outputs", "{bad}/Ynan.npy"], r"Ynan\.npy.*sample 3, output 7 is nan"),
+    "nan": (["{model}", "--outputs", "{bad}/Ynan.npy"], r"Ynan\.npy.*holds nan at index \(3, 7\)"),
     "pickle": (["{model}", "--outputs", "{bad}/Ypkl.npy"], r"Ypkl\.npy.*is a Python pickle"),
     "object array": (["{model}", "--outputs", "{bad}/Yobj.npy"], r"Yobj\.npy.*pickled"),
     "strings": (["{model}", "--outputs", "{bad}/Ystr.npy"], r"Ystr\.npy.*dtype <U1"),

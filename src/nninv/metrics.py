@@ -32,7 +32,11 @@ def _pair(x: Tensor, ref: Tensor, data_range: float, fn: str) -> tuple[Tensor, T
     dtype = torch.promote_types(x.dtype, ref.dtype)
     if not dtype.is_floating_point:
         dtype = torch.float64  # integer images: compute exactly, not in float32
-    return x.to(dtype), ref.to(dtype)
+    x, ref = x.to(dtype), ref.to(dtype)
+    for name, t in (("x", x), ("ref", ref)):
+        if not bool(torch.isfinite(t).all()):
+            raise NNInvError(f"{fn}: {name} contains NaN or inf")
+    return x, ref
 
 
 def psnr(x: Tensor, ref: Tensor, data_range: float = 1.0) -> Tensor:

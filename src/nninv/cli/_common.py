@@ -33,7 +33,8 @@ def load_array(path: str | Path, what: str) -> np.ndarray:
     ------
     NNInvError
         If the file is missing, is a pickle or holds an object array (refused:
-        unpickling runs code), is not a NumPy file, or holds no real numbers.
+        unpickling runs code), is not a NumPy file, holds no real numbers, holds
+        no samples, or holds NaN or inf (the message names the file and the index).
     """
     path = Path(path)
     if not path.exists():
@@ -87,6 +88,13 @@ def load_array(path: str | Path, what: str) -> np.ndarray:
     if arr.dtype.kind not in "fiu":
         raise NNInvError(
             f"{what} file '{path}' holds an array of dtype {arr.dtype}; expected real numbers"
+        )
+    if arr.size == 0:
+        raise NNInvError(f"{what} file '{path}' holds no samples (shape {arr.shape})")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise NNInvError(
+            f"{what} file '{path}' holds {arr[where]} at index {where}; expected finite numbers"
         )
     return arr
 
@@ -150,7 +158,7 @@ def fit_to_shape(
 def analyse_model(
     model: nn.Module, shape: tuple[int, ...] | None, data: np.ndarray | None, data_option: str
 ) -> Any:
-    """The model's :class:`~nninv._chain.Chain` for ``--input-shape``, or the file's own shape.
+    """The model's chain (``nninv.model._chain.Chain``) for ``--input-shape`` or its own shape.
 
     When neither tells the input shape (a TorchScript file starting with a
     convolution), the shape of one sample of ``data`` is used, as

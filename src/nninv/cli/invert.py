@@ -286,6 +286,10 @@ def run(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input_shape) if args.input_shape is not None else None
     _check_method(args.method)
     out = Path(args.out)
+    if out.is_dir():
+        raise NNInvError(
+            f"--out '{out}' is a directory; give the file to write, e.g. {out / 'x.npy'}"
+        )
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")
 

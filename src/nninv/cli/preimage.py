@@ -148,8 +148,15 @@ def run(args: argparse.Namespace) -> int:
     from ..figures import save_grid
     from ..priors import GaussianMixturePrior, GaussianPrior
 
-    if args.n < 1:
-        raise NNInvError(f"--n must be a positive integer, got {args.n}")
+    for option, value, least in (
+        ("--n", args.n, 1),
+        ("--thin", args.thin, 1),
+        ("--burn", args.burn, 0),
+        ("--components", args.components, 1),
+    ):
+        if value is not None and value < least:
+            kind = "a positive" if least else "a non-negative"
+            raise NNInvError(f"{option} must be {kind} integer, got {value}")
     lo, hi = parse_pair(args.bounds, "--bounds")
     if args.model is None:
         for opt in ("input", "prior_data"):

@@ -58,6 +58,8 @@ def as_bounds(bounds: Any, input_shape: tuple[int, ...]) -> tuple[Tensor, Tensor
 def as_input(x: Any, input_shape: tuple[int, ...], name: str = "x") -> Tensor:
     """Flat float64 rows ``(N, n)`` from ``(N, *input_shape)`` or one unbatched input."""
     if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "fiub":
+            raise NNInvError(f"{name} must be real-valued, got an array of dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, Tensor):
         try:
@@ -74,6 +76,8 @@ def as_input(x: Any, input_shape: tuple[int, ...], name: str = "x") -> Tensor:
             f"{name} has shape {tuple(x.shape)} but the model's inputs are shaped "
             f"(N, {', '.join(map(str, input_shape))})"
         )
+    if x.shape[0] == 0:
+        raise NNInvError(f"{name} holds no samples")
     x = x.reshape(x.shape[0], -1)
     if not bool(torch.isfinite(x).all()):
         raise NNInvError(f"{name} contains NaN or inf")

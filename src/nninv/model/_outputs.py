@@ -31,6 +31,8 @@ def as_output(
 ) -> Tensor:
     """``y`` as a tensor ``(N, *output_shape)``; a single unbatched output is accepted."""
     if isinstance(y, np.ndarray):
+        if y.dtype.kind not in "fiub":
+            raise NNInvError(f"target must be real-valued, got an array of dtype {y.dtype}")
         y = torch.from_numpy(np.ascontiguousarray(y))
     if not isinstance(y, Tensor):
         try:

@@ -213,6 +213,8 @@ def _as_input(data: Any, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
             f"data shaped {tuple(data.shape)} does not match the model input (N, "
             f"{', '.join(map(str, shape))})"
         )
+    if data.shape[0] == 0:
+        raise NNInvError("data holds no samples")
     data = data.reshape(-1, *shape).to(dtype)
     if not bool(torch.isfinite(data).all()):
         raise NNInvError("data contains NaN or inf")
@@ -251,6 +253,10 @@ def diagnose(
     >>> d.layers[0].rank, d.layers[0].nullity, d.preimage_dim
     (10, 774, 774)
     """
+    if not isinstance(model, nn.Module):
+        raise NNInvError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+        raise NNInvError(f"max_samples must be a positive integer, got {max_samples!r}")
     if input_shape is None and data is not None and getattr(model, "input_shape", None) is None:
         first = next((m for m in model.modules() if not isinstance(m, nn.Sequential)), None)
         if not isinstance(first, nn.Linear):

@@ -3,7 +3,7 @@
 :func:`load_model` reads a model file without the framework that wrote it and
 rebuilds the network as a ``torch.nn.Sequential`` of standard PyTorch layers
 (``nn.Linear``, ``nn.Conv2d``, ``nn.Sigmoid``, ...) plus the shape layers of
-:mod:`nninv.layers`, so that the chain analysis recognises every step. The
+:mod:`nninv.model.layers`, so that the chain analysis recognises every step. The
 format is told from the file's content (zip members, HDF5 signature, pickle
 opcodes), the suffix only breaking ties. Pickled PyTorch modules are refused:
 unpickling runs arbitrary code.
@@ -15,8 +15,9 @@ __all__ = ["SUPPORTED_KINDS", "load_model"]
 
 import os
 import zipfile
+import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -66,8 +67,8 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
         In eval mode with float32 parameters. Keras and ONNX models come back
         as a ``torch.nn.Sequential`` of standard layers (``nn.Linear``,
         ``nn.Conv2d``, pooling, ``nn.BatchNorm1d``/``2d``, activations such as
-        ``nn.Sigmoid``) and :class:`~nninv.layers.Permute` /
-        :class:`~nninv.layers.Reshape`, with an ``input_shape`` attribute
+        ``nn.Sigmoid``) and :class:`~nninv.model.layers.Permute` /
+        :class:`~nninv.model.layers.Reshape`, with an ``input_shape`` attribute
         (without the batch dimension) in the file's own layout: a
         channels-last Keras CNN takes ``(N, H, W, C)`` as Keras does. Module
         names are the original layer (or node) names. A TorchScript archive of a
@@ -89,7 +90,7 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
 
     Examples
     --------
-    >>> from nninv.io import load_model
+    >>> from nninv.model.io import load_model
     >>> model = load_model("mnist.keras")  # doctest: +SKIP
     >>> model  # doctest: +SKIP
     Sequential(
@@ -117,7 +118,7 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
     if head.startswith(_HDF5_MAGIC):
         from ._keras import load_keras_h5
 
-        return load_keras_h5(path)
+        return _guarded(load_keras_h5, path, "Keras HDF5")
     if _is_pickle(head) or path.suffix.lower() in {".pkl", ".pickle"}:
         raise NNInvError(
             f"'{path}' is a Python pickle (torch.save of a whole module or of a "
@@ -137,7 +138,7 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
     if path.suffix.lower() == ".onnx":
         from ._onnx import load_onnx
 
-        return load_onnx(path)
+        return _guarded(load_onnx, path, "ONNX")
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise NNInvError(
             f"'{path}' is neither a TorchScript archive nor a torch.save file: the file "
@@ -148,8 +149,40 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
     if looks_like_onnx(path):
         from ._onnx import load_onnx
 
-        return load_onnx(path)
+        return _guarded(load_onnx, path, "ONNX")
     raise NNInvError(f"'{path}' is not a model file nninv knows; supported kinds: {_kinds()}")
+
+
+#: What the parsers (h5py, protobuf, onnx's checker, torch.jit, zipfile) raise on
+#: damaged bytes that the format loaders do not already name.
+_PARSE_ERRORS = (
+    OSError,
+    EOFError,
+    RuntimeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
+def _guarded(loader: Callable[[Path], nn.Module], path: Path, what: str) -> nn.Module:
+    """``loader(path)``, with any parser failure on damaged bytes as one NNInvError.
+
+    The file is untrusted input: whatever its bytes make the parsers raise, the
+    caller gets an :class:`NNInvError` naming the file and the format (the parser's
+    own exception stays attached as the cause, for debugging).
+    """
+    try:
+        return loader(path)
+    except NNInvError:
+        raise
+    except _PARSE_ERRORS as e:
+        raise _corrupt(path, what, f"{type(e).__name__}: {e}") from e
 
 
 def _kinds() -> str:
@@ -180,11 +213,11 @@ def _load_zip(path: Path) -> nn.Module:
     if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
         from ._keras import load_keras_v3
 
-        return load_keras_v3(path)
+        return _guarded(load_keras_v3, path, "Keras archive")
     if "constants.pkl" in base and any("/code/" in n for n in names):
         from ._torchscript import load_torchscript
 
-        return load_torchscript(path)
+        return _guarded(load_torchscript, path, "TorchScript")
     if "data.pkl" in base:
         raise NNInvError(
             f"'{path}' was written by torch.save (a pickled module or state_dict, not "

@@ -8,7 +8,7 @@ The architecture comes from the JSON config (``config.json`` in the archive, the
 ``model_weights/<layer name>/`` listed by the ``weight_names`` attribute (Keras 2
 as ``dense/kernel:0``, Keras 3 as ``sequential/dense/kernel``). Keras tensors are
 channels-last by default, so the translation tracks where each Keras axis sits
-in the PyTorch tensor and inserts :class:`~nninv.layers.Permute` only where a
+in the PyTorch tensor and inserts :class:`~nninv.model.layers.Permute` only where a
 layer needs another layout (channels-first for ``nn.Conv2d``, Keras order again
 before ``Flatten``, ``Reshape`` or ``Dense``).
 """
