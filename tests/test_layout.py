@@ -1,0 +1,182 @@
+"""The package's shape: the public API it promises, and layers that import only downward.
+
+The layers, bottom up (README's "Layout"): foundation (errors, results, linear
+algebra, targets, data sets, metrics), ``model/``, ``priors/``, ``methods/``,
+``geometry/``, and presentation (``figures``, ``cli/``, the package facade). A
+module may import from its own layer or a lower one, never from a higher one;
+function-local imports count too.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import nninv
+
+SRC = Path(nninv.__file__).resolve().parent
+
+#: The names ``nninv`` exports; changing them is an API change and must be deliberate.
+PUBLIC_API = [
+    "ClassTarget",
+    "Closest",
+    "Diagnosis",
+    "Inversion",
+    "NNInvError",
+    "NNInvWarning",
+    "Preimage",
+    "__version__",
+    "closest",
+    "diagnose",
+    "invert",
+    "load_model",
+    "preimage",
+    "priors",
+]
+
+#: Public submodules and the names README documents in them.
+PUBLIC_MODULES = {
+    "nninv.priors": [
+        "L2",
+        "CombinedPrior",
+        "GaussianMixturePrior",
+        "GaussianPrior",
+        "LinearPosterior",
+        "Prior",
+        "TotalVariation",
+    ],
+    "nninv.datasets": ["load_embedded", "load_mnist", "read_idx", "write_idx", "load_dataset"],
+    "nninv.metrics": ["psnr", "ssim"],
+    "nninv.figures": ["save_grid"],
+    "nninv.model": ["Diagnosis", "Permute", "Reshape", "diagnose", "load_model"],
+    "nninv.geometry": ["Closest", "Extent", "Preimage", "Samples", "closest", "preimage"],
+    "nninv.cli": ["main"],
+}
+
+#: Layer of each top-level module or subpackage of nninv (higher may import lower).
+LAYERS = {
+    "_errors": 0,
+    "_result": 0,
+    "_linalg": 0,
+    "targets": 0,
+    "datasets": 0,
+    "metrics": 0,
+    "model": 1,
+    "priors": 2,
+    "methods": 3,
+    "geometry": 4,
+    "figures": 5,
+    "cli": 5,
+    "__main__": 5,
+    "": 5,  # the package facade, nninv/__init__.py
+}
+
+#: No module grows past this many lines without being split along its ideas.
+MAX_LINES = 800
+
+
+def _modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(SRC.rglob("*.py")):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out.append((".".join(["nninv", *parts]), path))
+    return out
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    key = parts[1] if len(parts) > 1 else ""
+    assert key in LAYERS, f"{module}: add its folder or file to LAYERS"
+    return LAYERS[key]
+
+
+def _imports(module: str, path: Path) -> list[tuple[str, int]]:
+    """The nninv modules that ``module`` imports, with line numbers."""
+    tree = ast.parse(path.read_text(), str(path))
+    is_pkg = path.name == "__init__.py"
+    package = module if is_pkg else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target == "nninv" or target.startswith("nninv."):
+                if node.module is None or target == "nninv":
+                    # ``from . import x``: x may itself be a module of the package
+                    for alias in node.names:
+                        sub = f"{target}.{alias.name}"
+                        found.append((sub if _is_module(sub) else target, node.lineno))
+                else:
+                    found.append((target, node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "nninv" or alias.name.startswith("nninv."):
+                    found.append((alias.name, node.lineno))
+    return found
+
+
+def _is_module(name: str) -> bool:
+    rel = Path(*name.split(".")[1:])
+    return (SRC / rel).with_suffix(".py").exists() or (SRC / rel / "__init__.py").exists()
+
+
+def test_public_api_is_pinned():
+    assert sorted(nninv.__all__) == sorted(PUBLIC_API)
+    for name in PUBLIC_API:
+        assert hasattr(nninv, name), name
+    assert callable(nninv.invert) and callable(nninv.preimage) and callable(nninv.closest)
+    assert callable(nninv.diagnose) and callable(nninv.load_model)
+    assert issubclass(nninv.NNInvError, ValueError)
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC_MODULES))
+def test_public_modules_export_their_names(module):
+    mod = importlib.import_module(module)
+    for name in PUBLIC_MODULES[module]:
+        assert hasattr(mod, name), f"{module}.{name}"
+    if hasattr(mod, "__all__"):
+        missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+        assert not missing, f"{module}.__all__ names missing attributes: {missing}"
+
+
+def test_nothing_imports_upward():
+    upward = []
+    for module, path in _modules():
+        mine = _layer(module)
+        for target, line in _imports(module, path):
+            if _layer(target) > mine:
+                rel = path.relative_to(SRC.parent)
+                upward.append(f"{rel}:{line}: {module} (layer {mine}) imports {target}")
+    assert not upward, "imports that go up a layer:\n" + "\n".join(upward)
+
+
+def test_every_folder_is_a_known_layer():
+    for module, _ in _modules():
+        _layer(module)
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path):
+    """The checker itself: a model-layer file importing the methods layer is reported."""
+    fake = tmp_path / "fake.py"
+    fake.write_text("from ..methods.invert import invert\nfrom .._errors import NNInvError\n")
+    got = _imports("nninv.model.fake", fake)
+    assert ("nninv.methods.invert", 1) in got and ("nninv._errors", 2) in got
+    assert _layer("nninv.methods.invert") > _layer("nninv.model.fake")
+
+
+@pytest.mark.parametrize("module", [m for m, _ in _modules()])
+def test_module_has_a_docstring_and_stays_small(module):
+    path = dict(_modules())[module]
+    tree = ast.parse(path.read_text())
+    assert ast.get_docstring(tree), f"{module} has no module docstring"
+    n = len(path.read_text().splitlines())
+    assert n <= MAX_LINES, f"{module} has {n} lines (> {MAX_LINES}): split it along its ideas"
