@@ -33,6 +33,7 @@ from nninv import ClassTarget, NNInvError
 from nninv.cli import main
 from nninv.datasets import read_idx, write_idx
 from nninv.figures import save_grid
+from nninv.learned import Decoder
 from nninv.metrics import psnr, ssim
 from nninv.priors import L2, GaussianMixturePrior, GaussianPrior, TotalVariation
 
@@ -122,6 +123,11 @@ def _write_files(tmp: Path, seed: nn.Module, x: torch.Tensor, y: torch.Tensor) -
             bad[int(i)] ^= 0xFF
         (tmp / f"corrupt.{ext}").write_bytes(bytes(bad))
         files[f"corrupt.{ext}"] = tmp / f"corrupt.{ext}"
+    dec = Decoder.fit(seed, torch.rand(40, N_IN), hidden=(8,), epochs=1, progress=False)
+    data = dec.save(tmp / "dec.safetensors").read_bytes()
+    files["decoder"] = tmp / "dec.safetensors"
+    (tmp / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    files["cut.decoder"] = tmp / "cut.safetensors"
     (tmp / "onnx_as.keras").write_bytes(files["onnx"].read_bytes())
     files["onnx_as.keras"] = tmp / "onnx_as.keras"
     (tmp / "keras_as.onnx").write_bytes(files["keras"].read_bytes())
@@ -187,6 +193,16 @@ def _with(a: np.ndarray, value: float) -> np.ndarray:
 
 def _prior(c: Ctx) -> GaussianPrior:
     return GaussianPrior.fit(c.X)
+
+
+_DECODERS: dict[int, Decoder] = {}
+
+
+def _decoder(c: Ctx) -> Decoder:
+    """A small decoder of the seed model, trained once."""
+    if id(c) not in _DECODERS:
+        _DECODERS[id(c)] = Decoder.fit(c.seed, c.X, hidden=(16,), epochs=2, progress=False)
+    return _DECODERS[id(c)]
 
 
 def _pre(c: Ctx):
@@ -400,6 +416,25 @@ LIBRARY: dict[str, tuple[Callable[[Ctx], Any], str]] = {
     },
     "load/missing": (lambda c: nninv.load_model(c.tmp / "nowhere.onnx"), r"no such model file"),
     "load/directory": (lambda c: nninv.load_model(c.tmp), r"directory"),
+    # --- learned inverses
+    "decoder/another-model": (
+        lambda c: nninv.invert(
+            c.relu, torch.zeros(2, 3, dtype=torch.float64), method="decoder", decoder=_decoder(c)
+        ),
+        r"outputs \(4,\).*outputs \(3,\)",
+    ),
+    "decoder/missing": (lambda c: nninv.invert(c.seed, c.y, method="decoder"), r"needs decoder"),
+    "decoder/nan": (
+        lambda c: nninv.invert(
+            c.seed, _with(c.y.numpy(), math.nan), method="decoder", decoder=_decoder(c)
+        ),
+        r"nan",
+    ),
+    "decoder/fit-nan": (lambda c: Decoder.fit(c.seed, _with(c.X.numpy(), math.nan)), r"NaN"),
+    "decoder/fit-shape": (lambda c: Decoder.fit(c.seed, torch.rand(50, 7)), r"model fails"),
+    "decoder/load-pickle": (lambda c: Decoder.load(c.files["pickle.pt"]), r"safetensors"),
+    "decoder/load-cut": (lambda c: Decoder.load(c.files["cut.decoder"]), r"corrupt or truncated"),
+    "decoder/load-model-file": (lambda c: Decoder.load(c.files["onnx"]), r"safetensors"),
     # --- datasets, metrics, figures
     "read_idx/not-idx": (lambda c: read_idx(c.files["not_idx"]), r"not_idx|IDX|corrupt"),
     "read_idx/missing": (lambda c: read_idx(c.tmp / "none.idx"), r"none\.idx"),
@@ -558,6 +593,14 @@ CLI: dict[str, tuple[str, str]] = {
         "invert {custom.pt} --outputs {y} --method pinv --input-shape 12 --out {tmp}/o.npy",
         r"cannot invert layer 0.*not a chain",
     ),
+    "invert/decoder-cut": (
+        "invert {pt} --outputs {y} --decoder {cut.decoder} --out {tmp}/o.npy",
+        r"cut\.safetensors.*corrupt or truncated",
+    ),
+    "invert/decoder-for-another-model": (
+        "invert {relu} --outputs {y} --decoder {decoder} --out {tmp}/o.npy",
+        r"shape|decoder",
+    ),
     "invert/method": ("invert {pt} --outputs {y} --method magic --out {tmp}/o.npy", r"magic"),
     "invert/bounds-lo>hi": (
         "invert {pt} --outputs {y} --bounds 1,0 --out {tmp}/o.npy",
@@ -618,6 +661,31 @@ CLI: dict[str, tuple[str, str]] = {
     ),
     "preimage/dataset": ("preimage --dataset nope --out {tmp}/p", r"nope"),
     "preimage/index": ("preimage --index 100000 --out {tmp}/p", r"--index"),
+    # train-decoder
+    "train-decoder/data-nan": (
+        "train-decoder {pt} --data {data_nan} --out {tmp}/d.safetensors",
+        r"data_nan\.npy.*nan",
+    ),
+    "train-decoder/data-shape": (
+        "train-decoder {pt} --data {data_shape} --out {tmp}/d.safetensors",
+        r"data_shape\.npy.*shape",
+    ),
+    "train-decoder/too-few": (
+        "train-decoder {pt} --data {x} --out {tmp}/d.safetensors",
+        r"x\.npy.*at least 10",
+    ),
+    "train-decoder/model-pickle": (
+        "train-decoder {pickle.onnx} --data {x} --out {tmp}/d.safetensors",
+        r"pickle",
+    ),
+    "train-decoder/hidden": (
+        "train-decoder {pt} --data {x} --hidden a,b --out {tmp}/d.safetensors",
+        r"--hidden",
+    ),
+    "train-decoder/epochs": (
+        "train-decoder {pt} --data {x} --epochs 0 --out {tmp}/d.safetensors",
+        r"--epochs",
+    ),
     # closest
     "closest/model-pickle": ("closest {plainpickle.onnx} --input {x}", r"pickle"),
     "closest/model-cut": ("closest {cut.pt} --input {x}", r"corrupt or truncated"),

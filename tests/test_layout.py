@@ -66,6 +66,7 @@ LAYERS = {
     "metrics": 0,
     "model": 1,
     "priors": 2,
+    "learned": 2,
     "methods": 3,
     "geometry": 4,
     "figures": 5,

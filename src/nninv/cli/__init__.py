@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from .._errors import NNInvError
 
 #: Sub-command modules, in the order ``nninv --help`` lists them.
-COMMANDS = ["demo", "invert", "diagnose", "preimage", "closest"]
+COMMANDS = ["demo", "invert", "diagnose", "preimage", "closest", "train_decoder"]
 
 
 def build_parser() -> argparse.ArgumentParser:

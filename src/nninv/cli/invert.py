@@ -35,8 +35,10 @@ them is written beside it (same name, .png).
 
 Methods: pinv (minimum-norm input, layer by layer), analytic (the prior's
 conditional mean, needs --prior-data), optimize (any differentiable model, when
-installed), auto (the default: analytic with a prior, pinv without, optimize
-for class targets or layers without a closed form).
+installed), decoder (a learned inverse from 'nninv train-decoder', --decoder
+FILE, its guess projected onto the exact preimage), auto (the default:
+decoder with --decoder, else analytic with a prior, pinv without, optimize for
+class targets or layers without a closed form).
 
 With --prior-data X.npy a prior is fitted on example inputs, shaped like the
 model input or flat: a Gaussian (--prior gaussian, the default) or a Gaussian
@@ -52,7 +54,8 @@ _EPILOG = """\
 examples:
   nninv invert mnist.keras --outputs y.npy --out x.npy
   nninv invert mnist.keras --outputs y.npy --prior-data train.npy --out x.npy
-  nninv invert mnist.onnx --target class=3,7 --prior-data train.npy --out x.npy"""
+  nninv invert mnist.onnx --target class=3,7 --prior-data train.npy --out x.npy
+  nninv invert mnist.onnx --outputs y.npy --decoder dec.safetensors --out x.npy"""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -85,7 +88,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--method",
         default="auto",
         metavar="M",
-        help="auto (default), pinv, analytic or optimize (when installed)",
+        help="auto (default), pinv, analytic, optimize or decoder (needs --decoder)",
+    )
+    parser.add_argument(
+        "--decoder",
+        metavar="DEC.safetensors",
+        help="a decoder written by 'nninv train-decoder' for this model: its guesses are "
+        "projected onto the exact preimage (method decoder, which auto then picks)",
     )
     parser.add_argument(
         "--prior-data",
@@ -113,7 +122,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--bounds",
         metavar="LO,HI",
         help="keep every input value in [LO, HI] (e.g. 0,1 for images); needs the "
-        "optimize method, which auto then picks",
+        "optimize or decoder method (auto then picks optimize, or decoder with --decoder)",
     )
     parser.add_argument(
         "--tol",
@@ -158,6 +167,12 @@ def _check_options(args: argparse.Namespace) -> None:
             raise NNInvError(f"--components must be a positive integer, got {args.components}")
     if args.confidence is not None and args.target is None:
         raise NNInvError("--confidence applies to --target class=K")
+    if args.method == "decoder" and args.decoder is None:
+        raise NNInvError("--method decoder needs --decoder DEC.safetensors (nninv train-decoder)")
+    if args.decoder is not None and args.method not in ("auto", "decoder"):
+        raise NNInvError(f"--decoder applies to --method decoder, not {args.method}")
+    if args.decoder is not None and args.target is not None:
+        raise NNInvError("--decoder inverts --outputs; for --target use --method optimize")
     if args.tol is not None and not (args.tol > 0 and math.isfinite(args.tol)):
         raise NNInvError(f"--tol must be positive and finite, got {args.tol}")
 
@@ -180,8 +195,10 @@ def _pick_method(
     if name == "auto":
         # pinv and analytic aim at exact outputs without bounds; optimize does the rest.
         name = "optimize" if bounds is not None else _auto_method(chain, prior, target)
-    elif bounds is not None and name != "optimize":
-        raise NNInvError(f"--bounds needs --method optimize; {name} solves without bounds")
+    elif bounds is not None and name not in ("optimize", "decoder"):
+        raise NNInvError(
+            f"--bounds needs --method optimize or decoder; {name} solves without bounds"
+        )
     if name not in METHODS:
         why = "--bounds" if bounds is not None else "this model or target"
         raise NNInvError(
@@ -315,8 +332,17 @@ def run(args: argparse.Namespace) -> int:
     if value_range is None and X is not None and float(X.min()) < float(X.max()):
         value_range = (float(X.min()), float(X.max()))
 
-    method = _pick_method(args.method, bounds, chain, prior, target)
+    if args.decoder is not None:
+        from ..learned import Decoder
+
+        decoder = Decoder.load(args.decoder)
+        decoder.check_model(in_shape, out_shape)
+        method = "decoder"
+    else:
+        method = _pick_method(args.method, bounds, chain, prior, target)
     options: dict[str, Any] = {}
+    if method == "decoder":
+        options["decoder"] = decoder
     if bounds is not None:
         options["bounds"] = bounds
     if method == "optimize":

@@ -1,0 +1,426 @@
+"""A learned inverse: a network ``g: y -> x`` trained on pairs ``(f(X), X)``.
+
+The seed's own experiment trained a net in the reverse direction (10 -> 784)
+and got digits back. Trained on a model's outputs and the inputs that produced
+them, such a decoder is a cheap, strong prior, but only approximately
+consistent with ``f``. :class:`Decoder` learns ``g`` (an MLP, or an MLP with a
+transposed-convolution head for images), and keeps the covariance of its errors
+on held-out data: the metric in which ``method="decoder"`` of
+:func:`nninv.invert` projects ``g(y)`` onto the exact preimage
+``{x : f(x) = y}``. Decoders are saved as safetensors files (weights and a JSON
+configuration; never a pickle).
+"""
+
+from __future__ import annotations
+
+__all__ = ["Decoder"]
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._errors import NNInvError
+from ..priors import GaussianPrior
+
+#: What ``save`` writes in the file's metadata, and what ``load`` accepts.
+FORMAT = "nninv.Decoder"
+VERSION = 1
+
+
+class _Features(nn.Module):
+    """The decoder's input: ``y`` (or ``logit(y)`` for outputs in (0, 1)), standardised."""
+
+    def __init__(self, m: int, logit: bool) -> None:
+        super().__init__()
+        self.logit = logit
+        self.register_buffer("mean", torch.zeros(m))
+        self.register_buffer("std", torch.ones(m))
+
+    def transform(self, y: Tensor) -> Tensor:
+        y = y.reshape(y.shape[0], -1)
+        if self.logit:
+            eps = torch.finfo(y.dtype).eps
+            y = torch.logit(y.clamp(eps, 1 - eps))
+        return y
+
+    def forward(self, y: Tensor) -> Tensor:
+        return (self.transform(y) - self.mean) / self.std
+
+
+class _Net(nn.Module):
+    """Features -> MLP -> (transposed convolutions) -> x, squashed into the data's box."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        m = math.prod(config["output_shape"])
+        shape = tuple(config["input_shape"])
+        n = math.prod(shape)
+        hidden = list(config["hidden"])
+        self.features = _Features(m, config["logit"])
+        layers: list[nn.Module] = []
+        width = m
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.SiLU()]
+            width = h
+        self.mlp = nn.Sequential(*layers)
+        self.shape = shape
+        if config["arch"] == "conv":
+            c, H, W = shape
+            self.seed_shape = (64, H // 4, W // 4)
+            self.to_seed = nn.Linear(width, math.prod(self.seed_shape))
+            self.head: nn.Module = nn.Sequential(
+                nn.SiLU(),
+                nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+                nn.SiLU(),
+                nn.ConvTranspose2d(32, c, 4, stride=2, padding=1),
+            )
+        else:
+            self.seed_shape = ()
+            self.to_seed = nn.Linear(width, n)
+            self.head = nn.Identity()
+        lo, hi = config["box"] if config["box"] is not None else (None, None)
+        self.box = (lo, hi)
+
+    def forward(self, y: Tensor) -> Tensor:
+        h = self.to_seed(self.mlp(self.features(y)))
+        if self.seed_shape:
+            h = self.head(h.reshape(h.shape[0], *self.seed_shape))
+        h = h.reshape(h.shape[0], *self.shape)
+        lo, hi = self.box
+        if lo is not None:
+            h = lo + (hi - lo) * torch.sigmoid(h)
+        return h
+
+
+class Decoder:
+    """A trained inverse ``g: y -> x`` of a model, with the covariance of its errors.
+
+    Build one with :meth:`fit` or :meth:`load`; call it on outputs to get inputs.
+
+    Attributes
+    ----------
+    input_shape, output_shape : tuple of int
+        Of the model it was trained for (``x`` and ``y`` without the batch).
+    net : torch.nn.Module
+        ``g`` itself, float32, in eval mode.
+    error : GaussianPrior
+        ``N(0, Sigma)`` (mean near 0) fitted to ``x - g(f(x))`` on held-out
+        data: ``Sigma`` is the metric of the projection in ``method="decoder"``.
+    config : dict
+        What :meth:`load` needs to rebuild ``net`` (architecture, sizes, box).
+    history : list of float
+        Mean training loss per epoch (empty for a loaded decoder).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        config: dict[str, Any],
+        error: GaussianPrior,
+        history: Sequence[float] = (),
+    ) -> None:
+        self.net = net.eval()
+        self.config = dict(config)
+        self.error = error
+        self.history = list(history)
+        self.input_shape = tuple(config["input_shape"])
+        self.output_shape = tuple(config["output_shape"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Decoder({self.config['arch']}, y {self.output_shape} -> x {self.input_shape}, "
+            f"hidden {self.config['hidden']})"
+        )
+
+    def __call__(self, y: Any) -> Tensor:
+        """``g(y)``: inputs ``(N, *input_shape)`` in ``y``'s floating dtype and device."""
+        y = _as_tensor(y, "y")
+        if tuple(y.shape) == self.output_shape:
+            y = y.unsqueeze(0)
+        if tuple(y.shape[1:]) != self.output_shape:
+            raise NNInvError(
+                f"the decoder takes outputs shaped (N, {', '.join(map(str, self.output_shape))}), "
+                f"got {tuple(y.shape)}"
+            )
+        dtype = y.dtype if y.dtype.is_floating_point else torch.float32
+        p = next(self.net.parameters())
+        with torch.no_grad():
+            x = self.net.to(y.device)(y.to(p.dtype))
+        return x.to(dtype)
+
+    # --- fitting ----------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        model: nn.Module,
+        X: Any,
+        *,
+        arch: str = "auto",
+        hidden: Sequence[int] = (512, 512),
+        epochs: int = 30,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        holdout: float = 0.1,
+        box: tuple[float, float] | str | None = "auto",
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> Decoder:
+        """Train ``g`` on the pairs ``(model(X), X)``.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The network to invert; run in eval mode, never trained.
+        X : Tensor or ndarray
+            Inputs shaped ``(N, *input_shape)`` (at least 10), e.g. training images.
+        arch : {"auto", "mlp", "conv"}
+            ``"conv"`` ends in two stride-2 transposed convolutions (inputs
+            ``(C, H, W)`` with ``H`` and ``W`` divisible by 4); ``"auto"`` picks
+            it for such inputs of at least 8 x 8, else ``"mlp"``.
+        hidden : sequence of int
+            Widths of the MLP's hidden layers.
+        epochs, batch_size, lr : int, int, float
+            Adam on the mean squared error.
+        holdout : float
+            Share of ``X`` kept out of training to fit the error covariance, in (0, 0.5].
+        box : (lo, hi), "auto" or None
+            Squash ``g``'s output into ``[lo, hi]`` by a scaled sigmoid; ``"auto"``
+            uses ``[0, 1]`` when ``X`` lies in it, else no squashing.
+        seed : int
+            Seeds the split, the initialisation and the batches.
+        progress : bool, optional
+            Show a progress bar (default: when the training has over 2,000 steps).
+
+        Returns
+        -------
+        Decoder
+
+        Raises
+        ------
+        NNInvError
+            On bad data (shape, NaN, too few samples), options, or a model that
+            fails on ``X``.
+        """
+        if not isinstance(model, nn.Module):
+            raise NNInvError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        X = _as_tensor(X, "X").detach().to("cpu", torch.float32)
+        if X.ndim < 2 or X.shape[0] < 10:
+            raise NNInvError(
+                f"X must be shaped (N, *input_shape) with N >= 10, got {tuple(X.shape)}"
+            )
+        if not bool(torch.isfinite(X).all()):
+            raise NNInvError("X contains NaN or inf")
+        for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise NNInvError(f"{name} must be a positive integer, got {v!r}")
+        if not 0 < holdout <= 0.5:
+            raise NNInvError(f"holdout must lie in (0, 0.5], got {holdout}")
+        if not (isinstance(lr, float | int) and lr > 0 and math.isfinite(lr)):
+            raise NNInvError(f"lr must be a positive number, got {lr!r}")
+        hidden = [int(h) for h in hidden]
+        if not hidden or any(h < 1 for h in hidden):
+            raise NNInvError(f"hidden must be positive widths, got {hidden}")
+        input_shape = tuple(X.shape[1:])
+        Y = _outputs(model, X)
+        output_shape = tuple(Y.shape[1:])
+        arch = _arch(arch, input_shape)
+        if box == "auto":
+            box = (0.0, 1.0) if float(X.min()) >= 0.0 and float(X.max()) <= 1.0 else None
+        elif box is not None:
+            lo_b, hi_b = (float(v) for v in box)
+            if not lo_b < hi_b:
+                raise NNInvError(f"box needs lo < hi, got {box}")
+            box = (lo_b, hi_b)
+        logit = bool(float(Y.min()) > 0.0 and float(Y.max()) < 1.0)
+        config = {
+            "arch": arch,
+            "hidden": hidden,
+            "input_shape": list(input_shape),
+            "output_shape": list(output_shape),
+            "logit": logit,
+            "box": list(box) if box is not None else None,
+        }
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(X.shape[0], generator=g)
+        n_hold = max(2, int(round(holdout * X.shape[0])))
+        hold, train = perm[:n_hold], perm[n_hold:]
+        torch.manual_seed(seed)
+        net = _Net(config)
+        feats = net.features.transform(Y[train])
+        net.features.mean.copy_(feats.mean(0))
+        net.features.std.copy_(feats.std(0).clamp(min=1e-6))
+        history = _train(net, Y[train], X[train], epochs, batch_size, float(lr), g, progress)
+        net.eval()
+        with torch.no_grad():
+            err = X[hold] - net(Y[hold])
+        error = GaussianPrior.fit(err.double())
+        return cls(net, config, error, history)
+
+    # --- files ------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the decoder as one safetensors file (weights, error model, JSON config)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        tensors["error.mean"] = self.error.mean.contiguous()
+        tensors["error.covariance"] = self.error.covariance.contiguous()
+        meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(self.config)}
+        save_file(tensors, str(path), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Decoder:
+        """Read a decoder written by :meth:`save` (safetensors; nothing is unpickled).
+
+        Raises
+        ------
+        NNInvError
+            If the file is missing, not a safetensors file, corrupt or truncated,
+            or not a decoder of a version this nninv reads.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise NNInvError(f"decoder file '{path}' does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except Exception as e:  # safetensors raises its own error types on damaged bytes
+            raise NNInvError(
+                f"decoder file '{path}' is not a readable safetensors file "
+                f"({type(e).__name__}: {e}): the file is corrupt or truncated"
+            ) from None
+        if meta.get("format") != FORMAT:
+            raise NNInvError(
+                f"'{path}' is a safetensors file but not an nninv decoder (format "
+                f"{meta.get('format')!r}); write decoders with Decoder.save"
+            )
+        if meta.get("version") != str(VERSION):
+            raise NNInvError(
+                f"decoder file '{path}' has version {meta.get('version')!r}; this nninv reads "
+                f"version {VERSION}"
+            )
+        try:
+            config = json.loads(meta["config"])
+            net = _Net(config)
+            state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+            net.load_state_dict(state, strict=True)
+            error = GaussianPrior(
+                tensors["error.mean"],
+                tensors["error.covariance"],
+                event_shape=tuple(config["input_shape"]),
+            )
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise NNInvError(
+                f"decoder file '{path}' is inconsistent ({type(e).__name__}: {e}): the file is "
+                f"corrupt"
+            ) from None
+        return cls(net, config, error)
+
+    def check_model(self, input_shape: Sequence[int], output_shape: Sequence[int]) -> None:
+        """Raise NNInvError unless this decoder fits a model with these shapes."""
+        if tuple(input_shape) != self.input_shape or tuple(output_shape) != self.output_shape:
+            raise NNInvError(
+                f"the decoder maps outputs {self.output_shape} to inputs {self.input_shape}, "
+                f"but the model maps inputs {tuple(input_shape)} to outputs "
+                f"{tuple(output_shape)}: it was trained for another model"
+            )
+
+
+def _as_tensor(v: Any, name: str) -> Tensor:
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind not in "fiu":
+            raise NNInvError(f"{name} must hold real numbers, got an array of dtype {v.dtype}")
+        v = torch.from_numpy(np.ascontiguousarray(v))
+    if not isinstance(v, Tensor):
+        raise NNInvError(f"{name} must be a tensor or an array, got {type(v).__name__}")
+    if v.is_complex() or v.dtype == torch.bool:
+        raise NNInvError(f"{name} must hold real numbers, got dtype {v.dtype}")
+    return v
+
+
+def _arch(arch: str, shape: tuple[int, ...]) -> str:
+    if arch not in ("auto", "mlp", "conv"):
+        raise NNInvError(f"arch must be 'auto', 'mlp' or 'conv', got {arch!r}")
+    image = len(shape) == 3 and shape[1] % 4 == 0 and shape[2] % 4 == 0
+    if arch == "conv" and not image:
+        raise NNInvError(
+            f"arch='conv' needs inputs (C, H, W) with H and W divisible by 4, got {shape}"
+        )
+    if arch == "auto":
+        return "conv" if image and min(shape[1:]) >= 8 else "mlp"
+    return arch
+
+
+def _outputs(model: nn.Module, X: Tensor, batch: int = 4096) -> Tensor:
+    """``model(X)`` in eval mode, float32, batched; errors name the shapes."""
+    was = model.training
+    model.eval()
+    p = next(iter(model.parameters()), None)
+    dtype = p.dtype if p is not None else torch.float32
+    device = p.device if p is not None else torch.device("cpu")
+    out = []
+    try:
+        with torch.no_grad():
+            for i in range(0, X.shape[0], batch):
+                out.append(model(X[i : i + batch].to(device, dtype)).float().cpu())
+    except RuntimeError as e:
+        raise NNInvError(
+            f"the model fails on X shaped {tuple(X.shape)} ({str(e).splitlines()[0]})"
+        ) from None
+    finally:
+        model.train(was)
+    Y = torch.cat(out)
+    if not bool(torch.isfinite(Y).all()):
+        raise NNInvError("the model's outputs on X contain NaN or inf")
+    return Y
+
+
+def _train(
+    net: nn.Module,
+    Y: Tensor,
+    X: Tensor,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    g: torch.Generator,
+    progress: bool | None,
+) -> list[float]:
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(Y.shape[0] / batch_size)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total)
+    show = total > 2000 if progress is None else progress
+    history: list[float] = []
+    net.train()
+    with tqdm(total=total, desc="training decoder", unit="step", disable=not show) as bar:
+        for _ in range(epochs):
+            perm = torch.randperm(Y.shape[0], generator=g)
+            total_loss = 0.0
+            for i in range(0, Y.shape[0], batch_size):
+                idx = perm[i : i + batch_size]
+                loss = (net(Y[idx]) - X[idx]).pow(2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total_loss += float(loss) * len(idx)
+                bar.update(1)
+            history.append(total_loss / Y.shape[0])
+            bar.set_postfix(loss=f"{history[-1]:.4g}")
+    return history
