@@ -17,7 +17,7 @@ from matplotlib.image import imread
 from conftest import EPS
 from nninv.cli import _demo, main
 
-METHOD_ROWS = ("originals", "pinv", "gaussian", "mixture")
+METHOD_ROWS = ("originals", "pinv", "gaussian", "mixture", "decoder")
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -71,7 +71,7 @@ def test_quick_demo_table_lists_every_method(quick_run):
 def test_quick_demo_residuals_are_rounding(quick_run):
     _, out, _, _ = quick_run
     rows = table_rows(out)
-    for name in ("pinv", "gaussian", "mixture"):
+    for name in ("pinv", "gaussian", "mixture", "decoder"):
         assert float(rows[name][1]) <= EPS[torch.float64]["residual"], rows[name]
 
 

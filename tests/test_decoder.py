@@ -117,6 +117,18 @@ def test_conv_head_for_images():
     assert dec(f(X[:3])).shape == (3, 1, 8, 8)
 
 
+def test_conv_model_takes_the_decoders_input_shape():
+    """A CNN does not tell its input shape; invert takes the decoder's."""
+    torch.manual_seed(4)
+    f = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(72, 3)).double()
+    f = f.eval().requires_grad_(False)
+    X = torch.rand(300, 1, 8, 8, dtype=F64)
+    dec = Decoder.fit(f, X, hidden=(32,), epochs=3, progress=False)
+    inv = nninv.invert(f, f(X[:4]), method="decoder", decoder=dec)
+    assert inv.x.shape == (4, 1, 8, 8)
+    assert float(inv.residual.max()) <= EPS[F64]["residual"]
+
+
 def test_save_load_round_trip(dec, seed_model, X, tmp_path):
     path = dec.save(tmp_path / "dec.safetensors")
     back = Decoder.load(path)

@@ -2,10 +2,13 @@
 
 The seed's model is one dense layer with a sigmoid, ``f(x) = sigmoid(x W^T + b)``
 (784 -> 10), trained for a few epochs of Adam with binary cross-entropy against
-one-hot labels. Its held-out outputs are inverted three ways: ``pinv`` (the
+one-hot labels. Its held-out outputs are inverted four ways: ``pinv`` (the
 minimum-norm member of each preimage), ``analytic`` with a
 :class:`~nninv.priors.GaussianPrior` and ``analytic`` with a
-:class:`~nninv.priors.GaussianMixturePrior`, both fitted on the training images.
+:class:`~nninv.priors.GaussianMixturePrior`, both fitted on the training images,
+and ``decoder``: a :class:`~nninv.learned.Decoder` (the seed's "reverse net",
+10 -> 784) trained on the same images, its guesses projected onto the exact
+preimage.
 Every reconstruction reproduces the output to rounding; they differ in how
 much they look like digits, which PSNR, SSIM and the accuracy of an
 independently trained classifier measure. The reverse experiment trains a
@@ -53,6 +56,7 @@ from torch import Tensor, nn
 from .._errors import NNInvError, NNInvWarning
 from ..datasets import DATASETS, Dataset, default_mnist_dir, load_dataset, load_mnist
 from ..figures import save_grid
+from ..learned import Decoder
 from ..methods.invert import invert
 from ..metrics import psnr, ssim
 from ..priors import GaussianMixturePrior, GaussianPrior, Prior
@@ -88,6 +92,8 @@ class DemoConfig:
         Test images in the figure.
     batch_size : int
         Targets per call to :func:`nninv.invert`.
+    decoder_epochs : int
+        Epochs of the decoder's training (on the prior's images).
     """
 
     dataset: str = "mnist5k"
@@ -100,6 +106,7 @@ class DemoConfig:
     seed: int = 0
     n_shown: int = 12
     batch_size: int = 2500
+    decoder_epochs: int = 30
 
     @classmethod
     def quick(cls, **overrides: object) -> DemoConfig:
@@ -108,7 +115,12 @@ class DemoConfig:
         Training is cheap and keeps its 5 epochs; the priors are fitted on 1,500
         images with 5 mixture components, and 200 outputs are inverted.
         """
-        kwargs: dict = {"components": 5, "n_inverted": 200, "n_prior": 1500}
+        kwargs: dict = {
+            "components": 5,
+            "n_inverted": 200,
+            "n_prior": 1500,
+            "decoder_epochs": 10,
+        }
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -120,7 +132,8 @@ class MethodResult:
     Attributes
     ----------
     name : str
-        Row label: ``"originals"``, ``"pinv"``, ``"gaussian"`` or ``"mixture"``.
+        Row label: ``"originals"``, ``"pinv"``, ``"gaussian"``, ``"mixture"`` or
+        ``"decoder"``.
     x : Tensor
         Reconstructions ``(N, *image_shape)`` (the originals for ``"originals"``).
     residual : float
@@ -362,6 +375,7 @@ def invert_batched(
     prior: Prior | None = None,
     *,
     batch_size: int = 2500,
+    **options: object,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`nninv.invert` over ``y`` in batches; returns ``x``, residuals, converged.
 
@@ -372,7 +386,7 @@ def invert_batched(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NNInvWarning)
         for yb in y.split(batch_size):
-            inv = invert(model, yb, method=method, prior=prior)
+            inv = invert(model, yb, method=method, prior=prior, **options)
             xs.append(inv.x)
             rs.append(inv.residual)
             cs.append(inv.converged)
@@ -588,6 +602,24 @@ def run_demo(
         secs = time.perf_counter() - t
         timings[f"invert {name}"] = secs
         rows.append(evaluate_method(name, x, res, conv, secs, originals, test.labels, clf))
+
+    t = time.perf_counter()
+    flat = prior_images.reshape(len(prior_images), -1).float()
+    decoder = Decoder.fit(
+        f, flat, epochs=config.decoder_epochs, seed=config.seed + 3, progress=progress
+    )
+    timings["train decoder"] = time.perf_counter() - t
+    say(
+        f"trained a decoder (10->{train.n_pixels}) on {len(flat)} images in "
+        f"{timings['train decoder']:.1f} s"
+    )
+    t = time.perf_counter()
+    x, res, conv = invert_batched(
+        f64, y, "decoder", None, batch_size=config.batch_size, decoder=decoder
+    )
+    secs = time.perf_counter() - t
+    timings["invert decoder"] = secs
+    rows.append(evaluate_method("decoder", x, res, conv, secs, originals, test.labels, clf))
 
     t = time.perf_counter()
     reverse = reverse_experiment(

@@ -419,7 +419,7 @@ def _train(
                 loss.backward()
                 opt.step()
                 sched.step()
-                total_loss += float(loss) * len(idx)
+                total_loss += float(loss.detach()) * len(idx)
                 bar.update(1)
             history.append(total_loss / Y.shape[0])
             bar.set_postfix(loss=f"{history[-1]:.4g}")

@@ -72,7 +72,8 @@ def invert(
         for the computation dtype (1e-5 in float64, 1e-4 in float32).
     input_shape : sequence of int, optional
         The input shape without the batch dimension, when the model does not
-        tell it (defaults to the prior's ``event_shape``).
+        tell it (defaults to the prior's ``event_shape``, or the ``decoder``
+        option's ``input_shape``).
     **options
         Passed to the method; unknown names raise :class:`~nninv.NNInvError`.
 
@@ -108,11 +109,15 @@ def invert(
                 f"{type(prior).__name__}"
             )
     mdtype, device = _model_dtype_device(model)
-    if input_shape is None and prior is not None and hasattr(prior, "event_shape"):
+    # a model that does not tell its input shape takes the prior's, or the decoder's
+    known = getattr(prior, "event_shape", None) or getattr(
+        options.get("decoder"), "input_shape", None
+    )
+    if input_shape is None and known is not None:
         try:
             _input_shape(model, None)
         except NNInvError:
-            input_shape = tuple(prior.event_shape)
+            input_shape = tuple(known)
     with eval_mode(model):
         chain = analyse(model, input_shape)
         in_shape, out_shape = chain.input_shape, chain.output_shape
