@@ -36,6 +36,9 @@ VERSION = 1
 class _Features(nn.Module):
     """The decoder's input: ``y`` (or ``logit(y)`` for outputs in (0, 1)), standardised."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, m: int, logit: bool) -> None:
         super().__init__()
         self.logit = logit
@@ -62,7 +65,7 @@ class _Net(nn.Module):
         shape = tuple(config["input_shape"])
         n = math.prod(shape)
         hidden = list(config["hidden"])
-        self.features = _Features(m, config["logit"])
+        self.features: _Features = _Features(m, config["logit"])
         layers: list[nn.Module] = []
         width = m
         for h in hidden:
@@ -70,6 +73,7 @@ class _Net(nn.Module):
             width = h
         self.mlp = nn.Sequential(*layers)
         self.shape = shape
+        self.seed_shape: tuple[int, ...]
         if config["arch"] == "conv":
             c, H, W = shape
             self.seed_shape = (64, H // 4, W // 4)
