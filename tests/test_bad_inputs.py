@@ -70,6 +70,7 @@ class Ctx:
 def ctx(tmp_path_factory) -> Ctx:
     tmp = tmp_path_factory.mktemp("bad")
     g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # the models' initial weights, whatever ran before
     seed = nn.Sequential(nn.Linear(N_IN, N_OUT), nn.Sigmoid()).eval()
     relu = nn.Sequential(nn.Linear(N_IN, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
     custom = nn.Sequential(nn.Linear(N_IN, N_IN), _Custom()).eval()
@@ -501,6 +502,8 @@ def test_closest_on_an_unknown_layer_is_a_reported_heuristic(ctx):
     r = nninv.closest(ctx.custom, ctx.x[0], ClassTarget(other))
     assert r.status == "heuristic" and r.bound == 0.0
     assert math.isfinite(r.distance) and torch.isfinite(r.x).all()
+    with torch.no_grad():
+        assert int(ctx.custom(r.x.reshape(1, N_IN).float()).argmax()) == other
 
 
 @pytest.mark.parametrize("name", ["keras_as.onnx", "h5_as.pt"])

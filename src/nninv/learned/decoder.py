@@ -255,8 +255,9 @@ class Decoder:
         perm = torch.randperm(X.shape[0], generator=g)
         n_hold = max(2, int(round(holdout * X.shape[0])))
         hold, train = perm[:n_hold], perm[n_hold:]
-        torch.manual_seed(seed)
-        net = _Net(config)
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG untouched
+            torch.manual_seed(seed)
+            net = _Net(config)
         feats = net.features.transform(Y[train])
         net.features.mean.copy_(feats.mean(0))
         net.features.std.copy_(feats.std(0).clamp(min=1e-6))
