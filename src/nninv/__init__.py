@@ -30,5 +30,6 @@ __all__ = [
 
 from .geometry.closest import Closest, closest  # noqa: E402
 from .geometry.preimage import Preimage, preimage  # noqa: E402
+from .methods.posterior import Posterior, posterior  # noqa: E402
 
-__all__ += ["Closest", "Preimage", "closest", "preimage"]
+__all__ += ["Closest", "Posterior", "Preimage", "closest", "posterior", "preimage"]

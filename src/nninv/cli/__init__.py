@@ -18,7 +18,16 @@ from collections.abc import Sequence
 from .._errors import NNInvError
 
 #: Sub-command modules, in the order ``nninv --help`` lists them.
-COMMANDS = ["demo", "invert", "diagnose", "preimage", "closest", "train_decoder"]
+COMMANDS = [
+    "demo",
+    "invert",
+    "diagnose",
+    "preimage",
+    "closest",
+    "posterior",
+    "train_decoder",
+    "train_flow",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,10 +46,13 @@ def invert_decoder(problem: Problem) -> Solution:
         ``lo <= x <= hi`` elementwise, held exactly during the projection.
     max_iter : int
         Gauss-Newton iterations at most (30).
+    start : Tensor, optional
+        ``(N, *input_shape)`` starting points instead of ``g(y)`` (e.g. draws of a
+        :class:`~nninv.learned.ConditionalFlow`); the metric stays the decoder's.
 
     Info
     ----
-    ``raw_residual`` (N,): ``max |f(g(y)) - y|`` before the projection, measured by
+    ``raw_residual`` (N,): ``max |f(x0) - y|`` at the start (``g(y)`` or ``start``), by
     running the model; ``projection_iterations``; ``seconds``.
 
     Examples
@@ -66,7 +69,7 @@ def invert_decoder(problem: Problem) -> Solution:
     >>> bool(inv.converged.all()), float(inv.residual.max()) < 1e-10
     (True, True)
     """
-    opts = problem.take_options(decoder=None, bounds=None, max_iter=30)
+    opts = problem.take_options(decoder=None, bounds=None, max_iter=30, start=None)
     t0 = time.perf_counter()
     dec = opts["decoder"]
     if dec is None:
@@ -92,7 +95,18 @@ def invert_decoder(problem: Problem) -> Solution:
     y = problem.target
     assert not isinstance(y, ClassTarget)
 
-    x0 = dec(y).to(device, dtype).reshape(N, n)
+    if opts["start"] is None:
+        x0 = dec(y).to(device, dtype).reshape(N, n)
+    else:
+        x0 = torch.as_tensor(opts["start"]).to(device, dtype)
+        if x0.shape[0] != N or x0[0].numel() != n:
+            raise NNInvError(
+                f"option start has shape {tuple(x0.shape)}; expected ({N}, "
+                f"{', '.join(map(str, problem.input_shape))})"
+            )
+        x0 = x0.reshape(N, n)
+        if not bool(torch.isfinite(x0).all()):
+            raise NNInvError("option start contains NaN or inf")
     fn = _ModelFunctions(problem, dtype)
     with torch.no_grad():
         raw = residual_of(y, fn.full(x0).reshape(y.shape), problem.chain)

@@ -1,0 +1,293 @@
+"""A learned posterior: a conditional normalising flow for ``p(x | y)`` around a decoder.
+
+:class:`ConditionalFlow` models what a :class:`~nninv.learned.Decoder` cannot
+say, the spread of the inputs that share an output: ``x = g(y) + s * z`` with
+``z`` drawn from a conditional masked autoregressive flow (zuko's ``MAF``,
+conditioned on the decoder's standardised features of ``y``) and ``s`` the
+per-input standard deviation of the decoder's errors. Samples are only
+approximately consistent with the model; :func:`nninv.posterior` projects each
+onto the exact preimage. zuko is an optional dependency
+(``pip install 'nninv[learned]'``); its API stays inside this module.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConditionalFlow"]
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._errors import NNInvError
+from .decoder import Decoder, _as_tensor, _outputs
+
+FORMAT = "nninv.ConditionalFlow"
+VERSION = 1
+
+
+def _zuko() -> Any:
+    try:
+        import zuko
+    except ImportError:
+        raise NNInvError(
+            "ConditionalFlow needs zuko: pip install 'nninv[learned]' (or pip install zuko)"
+        ) from None
+    return zuko
+
+
+def _build(config: dict[str, Any]) -> nn.Module:
+    zuko = _zuko()
+    return zuko.flows.MAF(
+        features=config["features"],
+        context=config["context"],
+        transforms=config["transforms"],
+        hidden_features=tuple(config["hidden"]),
+    )
+
+
+class ConditionalFlow:
+    """``p(x | y)`` as a decoder's guess plus a conditional flow over its errors.
+
+    Build one with :meth:`fit` or :meth:`load`; draw with :meth:`sample`, and
+    project the draws onto the exact preimage with :func:`nninv.posterior`.
+
+    Attributes
+    ----------
+    decoder : Decoder
+        ``g``, the mean of the draws before the flow's correction.
+    flow : torch.nn.Module
+        The conditional flow over standardised errors ``z = (x - g(y)) / s``.
+    scale : Tensor
+        ``(n,)`` float32 ``s``, the errors' standard deviation per input value.
+    config : dict
+    history : list of float
+        Mean negative log-likelihood per epoch (empty for a loaded flow).
+    """
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        flow: nn.Module,
+        scale: Tensor,
+        config: dict[str, Any],
+        history: Sequence[float] = (),
+    ) -> None:
+        self.decoder = decoder
+        self.flow = flow.eval()
+        self.scale = scale
+        self.config = dict(config)
+        self.history = list(history)
+        self.input_shape = decoder.input_shape
+        self.output_shape = decoder.output_shape
+
+    def __repr__(self) -> str:
+        return (
+            f"ConditionalFlow(MAF x{self.config['transforms']}, hidden {self.config['hidden']}, "
+            f"y {self.output_shape} -> x {self.input_shape})"
+        )
+
+    @classmethod
+    def fit(
+        cls,
+        model: nn.Module,
+        X: Any,
+        *,
+        decoder: Decoder | None = None,
+        transforms: int = 3,
+        hidden: Sequence[int] = (256, 256),
+        epochs: int = 20,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> ConditionalFlow:
+        """Train the flow on the errors ``x - g(f(x))`` of ``decoder`` over ``X``.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+        X : Tensor or ndarray
+            Inputs ``(N, *input_shape)``, e.g. training images (at least 10).
+        decoder : Decoder, optional
+            Trained for ``model``; default: ``Decoder.fit(model, X, seed=seed)``.
+        transforms, hidden : int, sequence of int
+            Autoregressive transforms and the hidden widths of each one's network.
+        epochs, batch_size, lr : int, int, float
+            Adam on the negative log-likelihood.
+        seed : int
+        progress : bool, optional
+            Show a progress bar (default: when the training has over 2,000 steps).
+        """
+        _zuko()
+        X = _as_tensor(X, "X").detach().to("cpu", torch.float32)
+        if X.ndim < 2 or X.shape[0] < 10 or not bool(torch.isfinite(X).all()):
+            raise NNInvError(
+                f"X must be finite and shaped (N, *input_shape) with N >= 10, got {tuple(X.shape)}"
+            )
+        for name, v in (("epochs", epochs), ("batch_size", batch_size), ("transforms", transforms)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise NNInvError(f"{name} must be a positive integer, got {v!r}")
+        if decoder is None:
+            decoder = Decoder.fit(model, X, seed=seed, progress=progress)
+        Y = _outputs(model, X)
+        decoder.check_model(tuple(X.shape[1:]), tuple(Y.shape[1:]))
+        with torch.no_grad():
+            R = (X - decoder(Y)).reshape(len(X), -1)
+            C = decoder.net.features(Y)
+        scale = R.std(0).clamp(min=1e-3)
+        Z = R / scale
+        config = {
+            "features": int(Z.shape[1]),
+            "context": int(C.shape[1]),
+            "transforms": transforms,
+            "hidden": [int(h) for h in hidden],
+        }
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            flow = _build(config)
+        history = _train(flow, C, Z, epochs, batch_size, lr, seed, progress)
+        return cls(decoder, flow, scale, config, history)
+
+    def sample(self, y: Any, n: int, seed: int | None = None) -> Tensor:
+        """``n`` draws for each output in ``y``: ``(N, n, *input_shape)`` in ``y``'s dtype.
+
+        The draws are not yet exact: :func:`nninv.posterior` projects them.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise NNInvError(f"n must be a positive integer, got {n!r}")
+        y = _as_tensor(y, "y")
+        if tuple(y.shape) == self.output_shape:
+            y = y.unsqueeze(0)
+        if tuple(y.shape[1:]) != self.output_shape:
+            raise NNInvError(
+                f"the flow takes outputs shaped (N, {', '.join(map(str, self.output_shape))}), "
+                f"got {tuple(y.shape)}"
+            )
+        dtype = y.dtype if y.dtype.is_floating_point else torch.float32
+        y32 = y.detach().to("cpu", torch.float32)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            g = self.decoder(y32).reshape(len(y32), -1)
+            c = self.decoder.net.features(y32)
+            z = self.flow(c).sample((n,))  # (n, N, features)
+            x = g[None] + self.scale * z
+        x = x.transpose(0, 1).reshape(len(y32), n, *self.input_shape)
+        return x.to(y.device, dtype)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """One safetensors file: the decoder, the flow, the scale and both configs."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {
+            f"decoder.net.{k}": v.detach().contiguous()
+            for k, v in self.decoder.net.state_dict().items()
+        }
+        tensors["decoder.error.mean"] = self.decoder.error.mean.contiguous()
+        tensors["decoder.error.covariance"] = self.decoder.error.covariance.contiguous()
+        tensors.update(
+            {f"flow.{k}": v.detach().contiguous() for k, v in self.flow.state_dict().items()}
+        )
+        tensors["scale"] = self.scale.contiguous()
+        meta = {
+            "format": FORMAT,
+            "version": str(VERSION),
+            "config": json.dumps(self.config),
+            "decoder_config": json.dumps(self.decoder.config),
+        }
+        save_file(tensors, str(path), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ConditionalFlow:
+        """Read a flow written by :meth:`save` (safetensors; nothing is unpickled)."""
+        from safetensors import safe_open
+
+        from ..priors import GaussianPrior
+        from .decoder import _Net
+
+        path = Path(path)
+        if not path.is_file():
+            raise NNInvError(f"flow file '{path}' does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except Exception as e:  # safetensors raises its own error types on damaged bytes
+            raise NNInvError(
+                f"flow file '{path}' is not a readable safetensors file "
+                f"({type(e).__name__}: {e}): the file is corrupt or truncated"
+            ) from None
+        if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
+            raise NNInvError(
+                f"'{path}' is not an nninv conditional flow of version {VERSION} (format "
+                f"{meta.get('format')!r}, version {meta.get('version')!r})"
+            )
+        try:
+            config = json.loads(meta["config"])
+            dconfig = json.loads(meta["decoder_config"])
+            net = _Net(dconfig)
+            net.load_state_dict(
+                {k[12:]: v for k, v in tensors.items() if k.startswith("decoder.net.")},
+                strict=True,
+            )
+            error = GaussianPrior(
+                tensors["decoder.error.mean"],
+                tensors["decoder.error.covariance"],
+                event_shape=tuple(dconfig["input_shape"]),
+            )
+            flow = _build(config)
+            flow.load_state_dict(
+                {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}, strict=True
+            )
+            scale = tensors["scale"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise NNInvError(
+                f"flow file '{path}' is inconsistent ({type(e).__name__}: {e}): the file is corrupt"
+            ) from None
+        return cls(Decoder(net, dconfig, error), flow, scale, config)
+
+
+def _train(
+    flow: nn.Module,
+    C: Tensor,
+    Z: Tensor,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: bool | None,
+) -> list[float]:
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(seed + 1)
+    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    total = epochs * math.ceil(len(Z) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total)
+    show = total > 2000 if progress is None else progress
+    history: list[float] = []
+    flow.train()
+    with tqdm(total=total, desc="training flow", unit="step", disable=not show) as bar:
+        for _ in range(epochs):
+            perm = torch.randperm(len(Z), generator=g)
+            acc = 0.0
+            for i in range(0, len(Z), batch_size):
+                idx = perm[i : i + batch_size]
+                loss = -flow(C[idx]).log_prob(Z[idx]).mean() / Z.shape[1]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                acc += float(loss.detach()) * len(idx)
+                bar.update(1)
+            history.append(acc / len(Z))
+            bar.set_postfix(nll=f"{history[-1]:.4g}")
+    flow.eval()
+    return history

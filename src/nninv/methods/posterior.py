@@ -1,0 +1,126 @@
+"""``nninv.posterior``: many inputs with one exact output, drawn from a learned posterior.
+
+A :class:`~nninv.learned.ConditionalFlow` draws inputs ``x ~ p(x | y)``; each
+draw is then moved onto the exact preimage ``{x : f(x) = y}`` by the
+decoder method's Gauss-Newton projection (started at the draw, in the metric
+of the decoder's errors), so every returned sample has the requested output
+to the tolerance, or is flagged as not converged.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Posterior", "posterior"]
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._errors import NNInvError
+from ..learned import ConditionalFlow
+from .invert import invert
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Samples of ``p(x | f(x) = y)``, each projected onto the exact preimage.
+
+    Attributes
+    ----------
+    x : Tensor
+        ``(N, n, *input_shape)``: ``n`` samples for each of the ``N`` targets.
+    residual : Tensor
+        ``(N, n)`` ``max |f(x) - y|`` of each sample, measured by running the model.
+    converged : Tensor
+        ``(N, n)`` bool: ``residual <= tol``.
+    info : dict
+        ``diversity`` (N,): mean pairwise Euclidean distance between a target's
+        converged samples; ``raw_residual`` (N, n): of the flow's draws before
+        projection (clipped into the decoder's box, when it has one);
+        ``tol``; ``reasons`` for the samples that did not converge.
+    """
+
+    x: Tensor
+    residual: Tensor
+    converged: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def posterior(
+    model: nn.Module,
+    y: Any,
+    flow: ConditionalFlow,
+    n: int = 16,
+    *,
+    bounds: Any = None,
+    seed: int = 0,
+    tol: float | None = None,
+) -> Posterior:
+    """Draw ``n`` inputs for each output in ``y`` and project them onto its preimage.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    y : Tensor or ndarray
+        Outputs ``(N, *output_shape)`` (one unbatched output is accepted).
+    flow : ConditionalFlow
+        Trained for ``model`` (``ConditionalFlow.fit(model, X)``).
+    n : int
+        Samples per target.
+    bounds : (lo, hi), optional
+        Keep every input value in ``[lo, hi]`` during the projection.
+    seed : int
+        Seeds the flow's draws.
+    tol : float, optional
+        Residual tolerance (default: :func:`nninv.invert`'s for the dtype).
+
+    Returns
+    -------
+    Posterior
+    """
+    if not isinstance(flow, ConditionalFlow):
+        raise NNInvError(f"flow must be a nninv.learned.ConditionalFlow, got {type(flow).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise NNInvError(f"n must be a positive integer, got {n!r}")
+    y = torch.as_tensor(y) if not isinstance(y, Tensor) else y
+    if tuple(y.shape) == flow.output_shape:
+        y = y.unsqueeze(0)
+    if tuple(y.shape[1:]) != flow.output_shape:
+        raise NNInvError(
+            f"y has shape {tuple(y.shape)}; the flow's outputs are shaped "
+            f"(N, {', '.join(map(str, flow.output_shape))})"
+        )
+    N = y.shape[0]
+    draws = flow.sample(y, n, seed=seed)  # (N, n, *input_shape)
+    box = flow.decoder.config.get("box")
+    if box is not None:
+        # a draw from the flow's far tail can leave the data's box by orders of magnitude;
+        # the projection starts from its nearest point in the box instead
+        draws = draws.clamp(box[0], box[1])
+    y_rep = y.repeat_interleave(n, dim=0)
+    start = draws.reshape(N * n, *flow.input_shape)
+    inv = invert(
+        model,
+        y_rep,
+        method="decoder",
+        decoder=flow.decoder,
+        start=start,
+        bounds=bounds,
+        tol=tol,
+        input_shape=flow.input_shape,
+    )
+    x = inv.x.reshape(N, n, *flow.input_shape)
+    converged = inv.converged.reshape(N, n)
+    flat = x.reshape(N, n, -1).to(torch.float64)
+    d = torch.cdist(flat, flat)
+    ok = (converged[:, :, None] & converged[:, None, :]).to(d.dtype)
+    ok = ok * (1 - torch.eye(n, dtype=d.dtype))
+    diversity = (d * ok).sum((1, 2)) / ok.sum((1, 2)).clamp(min=1)
+    info = {
+        "diversity": diversity,
+        "raw_residual": inv.info["raw_residual"].reshape(N, n),
+        "tol": inv.info["tol"],
+        "reasons": inv.info.get("reasons"),
+    }
+    return Posterior(x, inv.residual.reshape(N, n), converged, info)
