@@ -33,7 +33,7 @@ from nninv import ClassTarget, NNInvError
 from nninv.cli import main
 from nninv.datasets import read_idx, write_idx
 from nninv.figures import save_grid
-from nninv.learned import Decoder
+from nninv.learned import ConditionalFlow, Decoder
 from nninv.metrics import psnr, ssim
 from nninv.priors import L2, GaussianMixturePrior, GaussianPrior, TotalVariation
 
@@ -129,6 +129,11 @@ def _write_files(tmp: Path, seed: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     files["decoder"] = tmp / "dec.safetensors"
     (tmp / "cut.safetensors").write_bytes(data[: len(data) // 2])
     files["cut.decoder"] = tmp / "cut.safetensors"
+    flow = ConditionalFlow.fit(
+        seed, torch.rand(40, N_IN), decoder=dec, transforms=1, hidden=(8,), epochs=1, progress=False
+    )
+    flow.save(tmp / "flow.safetensors")
+    files["flow"] = tmp / "flow.safetensors"
     (tmp / "onnx_as.keras").write_bytes(files["onnx"].read_bytes())
     files["onnx_as.keras"] = tmp / "onnx_as.keras"
     (tmp / "keras_as.onnx").write_bytes(files["keras"].read_bytes())
@@ -436,6 +441,35 @@ LIBRARY: dict[str, tuple[Callable[[Ctx], Any], str]] = {
     "decoder/load-pickle": (lambda c: Decoder.load(c.files["pickle.pt"]), r"safetensors"),
     "decoder/load-cut": (lambda c: Decoder.load(c.files["cut.decoder"]), r"corrupt or truncated"),
     "decoder/load-model-file": (lambda c: Decoder.load(c.files["onnx"]), r"safetensors"),
+    "posterior/not-a-flow": (
+        lambda c: nninv.posterior(c.seed, c.y, _decoder(c)),
+        r"ConditionalFlow",
+    ),
+    "posterior/n-zero": (
+        lambda c: nninv.posterior(c.seed, c.y, ConditionalFlow.load(c.files["flow"]), n=0),
+        r"\bn\b",
+    ),
+    "posterior/shape": (
+        lambda c: nninv.posterior(
+            c.seed, torch.full((2, 7), 0.5), ConditionalFlow.load(c.files["flow"])
+        ),
+        r"shape",
+    ),
+    "posterior/nan": (
+        lambda c: nninv.posterior(
+            c.seed, _with(c.y.numpy(), math.nan), ConditionalFlow.load(c.files["flow"])
+        ),
+        r"nan",
+    ),
+    "flow/load-decoder-file": (
+        lambda c: ConditionalFlow.load(c.files["decoder"]),
+        r"not an nninv conditional flow",
+    ),
+    "flow/load-cut": (lambda c: ConditionalFlow.load(c.files["cut.decoder"]), r"corrupt"),
+    "flow/fit-nan": (
+        lambda c: ConditionalFlow.fit(c.seed, _with(c.X.numpy(), math.nan)),
+        r"finite",
+    ),
     # --- datasets, metrics, figures
     "read_idx/not-idx": (lambda c: read_idx(c.files["not_idx"]), r"not_idx|IDX|corrupt"),
     "read_idx/missing": (lambda c: read_idx(c.tmp / "none.idx"), r"none\.idx"),
@@ -688,6 +722,44 @@ CLI: dict[str, tuple[str, str]] = {
     "train-decoder/epochs": (
         "train-decoder {pt} --data {x} --epochs 0 --out {tmp}/d.safetensors",
         r"--epochs",
+    ),
+    # train-flow and posterior
+    "train-flow/data-nan": (
+        "train-flow {pt} --data {data_nan} --out {tmp}/f.safetensors",
+        r"data_nan\.npy.*nan",
+    ),
+    "train-flow/epochs": (
+        "train-flow {pt} --data {x} --epochs 0 --out {tmp}/f.safetensors",
+        r"--epochs",
+    ),
+    "train-flow/decoder-cut": (
+        "train-flow {pt} --data {data_nan} --decoder {cut.decoder} --out {tmp}/f.safetensors",
+        r"data_nan\.npy|corrupt",
+    ),
+    "posterior/n": ("posterior {pt} --outputs {y} --flow {flow} --n 0", r"--n"),
+    "posterior/flow-missing": (
+        "posterior {pt} --outputs {y} --flow {tmp}/none.safetensors --out {tmp}/p",
+        r"none\.safetensors",
+    ),
+    "posterior/flow-is-decoder": (
+        "posterior {pt} --outputs {y} --flow {decoder} --out {tmp}/p",
+        r"not an nninv conditional flow",
+    ),
+    "posterior/outputs-nan": (
+        "posterior {pt} --outputs {y_nan} --flow {flow} --out {tmp}/p",
+        r"y_nan\.npy.*nan",
+    ),
+    "posterior/outputs-shape": (
+        "posterior {pt} --outputs {y_shape} --flow {flow} --out {tmp}/p",
+        r"y_shape\.npy.*shape",
+    ),
+    "posterior/model-pickle": (
+        "posterior {pickle.pt} --outputs {y} --flow {flow} --out {tmp}/p",
+        r"pickle",
+    ),
+    "posterior/bounds": (
+        "posterior {pt} --outputs {y} --flow {flow} --bounds 1,0 --out {tmp}/p",
+        r"--bounds",
     ),
     # closest
     "closest/model-pickle": ("closest {plainpickle.onnx} --input {x}", r"pickle"),
