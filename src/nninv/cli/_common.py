@@ -7,7 +7,14 @@ file, which the command line prints as one line.
 
 from __future__ import annotations
 
-__all__ = ["analyse_model", "fit_to_shape", "load_array", "parse_pair", "parse_shape"]
+__all__ = [
+    "analyse_model",
+    "fit_to_shape",
+    "load_array",
+    "load_training_data",
+    "parse_pair",
+    "parse_shape",
+]
 
 import math
 import zipfile
@@ -177,3 +184,21 @@ def analyse_model(
                     f"{e}; on the command line: --input-shape C,H,W or {data_option} X.npy"
                 ) from None
         return analyse(model, tuple(data.shape[1:]))
+
+
+def load_training_data(
+    model_path: str, data_path: str, input_shape: str | None, least: int = 10
+) -> tuple[nn.Module, Any, np.ndarray]:
+    """The model, its chain and the ``--data`` inputs shaped for it (at least ``least``)."""
+    from .. import load_model
+
+    shape = parse_shape(input_shape) if input_shape is not None else None
+    model = load_model(model_path)
+    data = load_array(data_path, "data")
+    chain = analyse_model(model, shape, data, "--data")
+    X = fit_to_shape(data, chain.input_shape, "data", data_path)
+    if X.shape[0] < least:
+        raise NNInvError(
+            f"data file '{data_path}' holds {X.shape[0]} samples; need at least {least}"
+        )
+    return model, chain, X

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .._errors import NNInvError
-from ._common import analyse_model, fit_to_shape, load_array, parse_shape
+from ._common import load_training_data
 
 _DESCRIPTION = """\
 Train a decoder g: y -> x on pairs (model(X), X) for the inputs X in --data
@@ -81,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
     """Train and write the decoder; return 0."""
     from pathlib import Path
 
-    from .. import load_model
     from ..learned import Decoder
 
     try:
@@ -97,13 +96,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise NNInvError(f"--out '{out}' is a directory; give the file to write")
-    shape = parse_shape(args.input_shape) if args.input_shape is not None else None
-    model = load_model(args.model)
-    data = load_array(args.data, "data")
-    shape = analyse_model(model, shape, data, "--data").input_shape
-    X = fit_to_shape(data, shape, "data", args.data)
-    if X.shape[0] < 10:
-        raise NNInvError(f"data file '{args.data}' holds {X.shape[0]} samples; need at least 10")
+    model, _, X = load_training_data(args.model, args.data, args.input_shape)
     t = time.perf_counter()
     dec = Decoder.fit(
         model, X, arch=args.arch, hidden=hidden, epochs=args.epochs, seed=args.seed, progress=True

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .._errors import NNInvError
-from ._common import analyse_model, fit_to_shape, load_array, parse_shape
+from ._common import load_training_data
 
 _DESCRIPTION = """\
 Train a conditional normalising flow for p(x | y) on the inputs X in --data:
@@ -65,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
     """Train and write the flow; return 0."""
     from pathlib import Path
 
-    from .. import load_model
     from ..learned import ConditionalFlow, Decoder
 
     for option, value in (("--epochs", args.epochs), ("--transforms", args.transforms)):
@@ -74,13 +73,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise NNInvError(f"--out '{out}' is a directory; give the file to write")
-    shape = parse_shape(args.input_shape) if args.input_shape is not None else None
-    model = load_model(args.model)
-    data = load_array(args.data, "data")
-    chain = analyse_model(model, shape, data, "--data")
-    X = fit_to_shape(data, chain.input_shape, "data", args.data)
-    if X.shape[0] < 10:
-        raise NNInvError(f"data file '{args.data}' holds {X.shape[0]} samples; need at least 10")
+    model, chain, X = load_training_data(args.model, args.data, args.input_shape)
     decoder = None
     if args.decoder is not None:
         decoder = Decoder.load(args.decoder)

@@ -292,20 +292,8 @@ class Decoder:
             If the file is missing, not a safetensors file, corrupt or truncated,
             or not a decoder of a version this nninv reads.
         """
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise NNInvError(f"decoder file '{path}' does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except Exception as e:  # safetensors raises its own error types on damaged bytes
-            raise NNInvError(
-                f"decoder file '{path}' is not a readable safetensors file "
-                f"({type(e).__name__}: {e}): the file is corrupt or truncated"
-            ) from None
+        meta, tensors = read_safetensors(path, "decoder")
         if meta.get("format") != FORMAT:
             raise NNInvError(
                 f"'{path}' is a safetensors file but not an nninv decoder (format "
@@ -341,6 +329,24 @@ class Decoder:
                 f"but the model maps inputs {tuple(input_shape)} to outputs "
                 f"{tuple(output_shape)}: it was trained for another model"
             )
+
+
+def read_safetensors(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """The metadata and tensors of a safetensors file; NNInvError naming ``path`` if unreadable."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise NNInvError(f"{what} file '{path}' does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # safetensors raises its own error types on damaged bytes
+        raise NNInvError(
+            f"{what} file '{path}' is not a readable safetensors file "
+            f"({type(e).__name__}: {e}): the file is corrupt or truncated"
+        ) from None
+    return meta, tensors
 
 
 def _as_tensor(v: Any, name: str) -> Tensor:

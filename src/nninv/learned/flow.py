@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import NNInvError
-from .decoder import Decoder, _as_tensor, _outputs
+from .decoder import Decoder, _as_tensor, _outputs, read_safetensors
 
 FORMAT = "nninv.ConditionalFlow"
 VERSION = 1
@@ -208,23 +208,11 @@ class ConditionalFlow:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ConditionalFlow:
         """Read a flow written by :meth:`save` (safetensors; nothing is unpickled)."""
-        from safetensors import safe_open
-
         from ..priors import GaussianPrior
         from .decoder import _Net
 
         path = Path(path)
-        if not path.is_file():
-            raise NNInvError(f"flow file '{path}' does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except Exception as e:  # safetensors raises its own error types on damaged bytes
-            raise NNInvError(
-                f"flow file '{path}' is not a readable safetensors file "
-                f"({type(e).__name__}: {e}): the file is corrupt or truncated"
-            ) from None
+        meta, tensors = read_safetensors(path, "flow")
         if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
             raise NNInvError(
                 f"'{path}' is not an nninv conditional flow of version {VERSION} (format "
