@@ -62,7 +62,9 @@ def part_a(args, checks: list[tuple[bool, str]]) -> None:
     f = copy.deepcopy(f32).double().eval()
     priors, fit_times = fit_priors(Xtr, 20, seed=args.seed)
     dec, t_dec = _timed(
-        lambda: Decoder.fit(f32, Xtr, epochs=args.epochs, seed=args.seed, progress=True)
+        lambda: Decoder.fit(
+            f32, Xtr, epochs=args.epochs, loss=args.loss, seed=args.seed, progress=True
+        )
     )
     print(
         f"  seed model trained in {t_train:.1f} s; Gaussian fit {fit_times['fit gaussian']:.1f} s, "
@@ -147,7 +149,8 @@ def part_b(args, checks: list[tuple[bool, str]]) -> None:
             y = f(Xs)
         dec, t_dec = _timed(
             lambda f32=f32, shape=shape: Decoder.fit(
-                f32, Xtr.reshape(len(Xtr), *shape), epochs=args.epochs, seed=args.seed,
+                f32, Xtr.reshape(len(Xtr), *shape), arch=args.arch, epochs=args.epochs,
+                loss=args.loss, seed=args.seed,
                 progress=True,
             )
         )  # fmt: skip
@@ -205,7 +208,9 @@ def part_c(args, checks: list[tuple[bool, str]]) -> None:
     f = copy.deepcopy(f32).double().eval()
     _, judge = bo.get_models(train, args.seed, log=lambda s: None)
     dec, t_dec = _timed(
-        lambda: Decoder.fit(f32, Xtr, epochs=args.epochs, seed=args.seed, progress=True)
+        lambda: Decoder.fit(
+            f32, Xtr, epochs=args.epochs, loss=args.loss, seed=args.seed, progress=True
+        )
     )
     flow, t_flow = _timed(
         lambda: ConditionalFlow.fit(
@@ -260,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10_000, help="(a) test outputs (10000)")
     parser.add_argument("--n-deep", type=int, default=256, help="(b) test outputs (256)")
     parser.add_argument("--epochs", type=int, default=30, help="decoder epochs (30)")
+    parser.add_argument("--loss", choices=("mse", "log_mse"), default="mse", help="decoder loss")
+    parser.add_argument(
+        "--arch", choices=("auto", "mlp", "conv"), default="auto", help="(b) decoder head (auto)"
+    )
     parser.add_argument("--nets", help="(b) only the nets whose names contain these, e.g. CNN")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)

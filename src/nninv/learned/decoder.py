@@ -18,7 +18,7 @@ __all__ = ["Decoder"]
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,7 @@ class Decoder:
         epochs: int = 30,
         batch_size: int = 256,
         lr: float = 1e-3,
+        loss: str = "mse",
         holdout: float = 0.1,
         box: tuple[float, float] | str | None = "auto",
         seed: int = 0,
@@ -191,7 +192,12 @@ class Decoder:
         hidden : sequence of int
             Widths of the MLP's hidden layers.
         epochs, batch_size, lr : int, int, float
-            Adam on the mean squared error.
+            Adam with a one-cycle learning-rate schedule.
+        loss : {"mse", "log_mse"}
+            ``"mse"``: the mean squared error (``g`` approximates the conditional
+            mean ``E[x | y]``). ``"log_mse"``: the mean over samples of
+            ``log(mse_i + 1e-4)``, which weighs every sample's PSNR equally rather
+            than every pixel (``mse_i`` is sample ``i``'s mean squared error).
         holdout : float
             Share of ``X`` kept out of training to fit the error covariance, in (0, 0.5].
         box : (lo, hi), "auto" or None
@@ -228,6 +234,8 @@ class Decoder:
             raise NNInvError(f"holdout must lie in (0, 0.5], got {holdout}")
         if not (isinstance(lr, float | int) and lr > 0 and math.isfinite(lr)):
             raise NNInvError(f"lr must be a positive number, got {lr!r}")
+        if loss not in _LOSSES:
+            raise NNInvError(f"loss must be one of {sorted(_LOSSES)}, got {loss!r}")
         hidden = [int(h) for h in hidden]
         if not hidden or any(h < 1 for h in hidden):
             raise NNInvError(f"hidden must be positive widths, got {hidden}")
@@ -261,7 +269,9 @@ class Decoder:
         feats = net.features.transform(Y[train])
         net.features.mean.copy_(feats.mean(0))
         net.features.std.copy_(feats.std(0).clamp(min=1e-6))
-        history = _train(net, Y[train], X[train], epochs, batch_size, float(lr), g, progress)
+        history = _train(
+            net, Y[train], X[train], epochs, batch_size, float(lr), _LOSSES[loss], g, progress
+        )
         net.eval()
         with torch.no_grad():
             err = X[hold] - net(Y[hold])
@@ -400,6 +410,18 @@ def _outputs(model: nn.Module, X: Tensor, batch: int = 4096) -> Tensor:
     return Y
 
 
+def _mse(pred: Tensor, x: Tensor) -> Tensor:
+    return (pred - x).pow(2).mean()
+
+
+def _log_mse(pred: Tensor, x: Tensor) -> Tensor:
+    return torch.log((pred - x).pow(2).flatten(1).mean(1) + 1e-4).mean()
+
+
+#: Training losses of :meth:`Decoder.fit`, by name.
+_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mse": _mse, "log_mse": _log_mse}
+
+
 def _train(
     net: nn.Module,
     Y: Tensor,
@@ -407,6 +429,7 @@ def _train(
     epochs: int,
     batch_size: int,
     lr: float,
+    criterion: Callable[[Tensor, Tensor], Tensor],
     g: torch.Generator,
     progress: bool | None,
 ) -> list[float]:
@@ -425,7 +448,7 @@ def _train(
             total_loss = 0.0
             for i in range(0, Y.shape[0], batch_size):
                 idx = perm[i : i + batch_size]
-                loss = (net(Y[idx]) - X[idx]).pow(2).mean()
+                loss = criterion(net(Y[idx]), X[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
