@@ -74,6 +74,7 @@ LAYERS = {
     "figures": 5,
     "cli": 5,
     "__main__": 5,
+    "explorer": 5,
     "": 5,  # the package facade, nninv/__init__.py
 }
 

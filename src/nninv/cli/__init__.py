@@ -27,6 +27,7 @@ COMMANDS = [
     "posterior",
     "train_decoder",
     "train_flow",
+    "explore",
 ]
 
 
