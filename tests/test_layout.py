@@ -43,6 +43,7 @@ PUBLIC_API = [
 PUBLIC_MODULES = {
     "nninv.priors": [
         "L2",
+        "BatchNormPrior",
         "CombinedPrior",
         "GaussianMixturePrior",
         "GaussianPrior",
@@ -73,8 +74,8 @@ LAYERS = {
     "geometry": 4,
     "figures": 5,
     "cli": 5,
-    "__main__": 5,
     "explorer": 5,
+    "__main__": 5,
     "": 5,  # the package facade, nninv/__init__.py
 }
 

@@ -13,15 +13,17 @@ given as a torch tensor or a NumPy array; they are stored in float64 and cast
 to the dtype and device of whatever they meet.
 
 The package holds one module per prior family (``gaussian``, ``mixture``,
-``regularizers``) on top of the base class and combinations in ``_base``; later
-priors, e.g. a BatchNorm-statistics prior and learned priors, go in this
-package in the same way, one file per family.
+``regularizers``, and ``batchnorm``: :class:`BatchNormPrior`, a data-free prior
+read from a network's own BatchNorm running statistics) on top of the base
+class and combinations in ``_base``; later priors go in this package in the
+same way, one file per family.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "L2",
+    "BatchNormPrior",
     "CombinedPrior",
     "GaussianMixturePrior",
     "GaussianPrior",
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 from ._base import CombinedPrior, LinearPosterior, Prior
+from .batchnorm import BatchNormPrior
 from .gaussian import GaussianPrior
 from .mixture import GaussianMixturePrior
 from .regularizers import L2, TotalVariation
