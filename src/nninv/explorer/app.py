@@ -165,6 +165,7 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
         return {
             "title": title,
             "input_shape": list(ex.input_shape),
+            "display_shape": list(ex.display_shape),
             "n_inputs": ex.n,
             "n_outputs": ex.m,
             "n_images": len(ex.images),
