@@ -353,3 +353,43 @@ def test_keras_cnn_with_batchnorm(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     e = prior.log_prob(torch.from_numpy(x[:2]))
     assert e.shape == (2,) and bool(torch.isfinite(e).all())
+
+
+# =========================================================================== CLI
+
+
+def test_cli_invert_prior_batchnorm(onnx, tmp_path):
+    import contextlib
+    import io
+
+    from nninv.cli import main
+
+    torch.manual_seed(0)
+    net = conv_net(11).float()
+    path = tmp_path / "bn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (torch.zeros(2, 1, 9, 9),), path, dynamo=False, do_constant_folding=False,
+            input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+        )  # fmt: skip
+    out = tmp_path / "x.npy"
+    argv = ["invert", path, "--target", "class=0,1,2", "--samples", "2", "--prior", "batchnorm"]
+    argv += ["--out", out]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main([str(a) for a in argv])
+    assert code == 0, buf.getvalue()
+    assert "method optimize: 6 samples, 6 converged" in buf.getvalue()
+    x = np.load(out)
+    assert x.shape == (6, 1, 9, 9)
+    assert not np.allclose(x[0], x[1])  # two different samples of class 0
+    with torch.no_grad():
+        pred = net(torch.from_numpy(x)).argmax(1)
+    assert pred.tolist() == [0, 0, 1, 1, 2, 2]
+    assert out.with_suffix(".png").is_file()
+    # usage errors
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        bad = main([str(a) for a in [*argv, "--prior-data", out]])
+    assert bad == 2 and "needs no --prior-data" in err.getvalue()

@@ -42,8 +42,11 @@ class targets or layers without a closed form).
 
 With --prior-data X.npy a prior is fitted on example inputs, shaped like the
 model input or flat: a Gaussian (--prior gaussian, the default) or a Gaussian
-mixture (--prior mixture --components K). The residual of every sample,
-max |model(x) - y|, is measured by running the model on the inputs written.
+mixture (--prior mixture --components K). Without data, --prior batchnorm reads
+a prior from the model's own BatchNorm running statistics (method optimize,
+started from seeded faint noise; --samples S inputs per class of --target).
+The residual of every sample, max |model(x) - y|, is measured by running the
+model on the inputs written.
 
 Exit status: 0 when every sample converged (residual <= tol), 1 when some did
 not (the summary gives the first reason), 2 on a usage or input error (missing
@@ -55,7 +58,9 @@ examples:
   nninv invert mnist.keras --outputs y.npy --out x.npy
   nninv invert mnist.keras --outputs y.npy --prior-data train.npy --out x.npy
   nninv invert mnist.onnx --target class=3,7 --prior-data train.npy --out x.npy
-  nninv invert mnist.onnx --outputs y.npy --decoder dec.safetensors --out x.npy"""
+  nninv invert mnist.onnx --outputs y.npy --decoder dec.safetensors --out x.npy
+  nninv invert bn_cnn.onnx --target class=0,1,2,3,4,5,6,7,8,9 --samples 8 \
+      --prior batchnorm --bounds 0,1 --out x.npy"""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -103,8 +108,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prior",
-        choices=("gaussian", "mixture"),
-        help="prior fitted on --prior-data (default: gaussian)",
+        choices=("gaussian", "mixture", "batchnorm"),
+        help="prior fitted on --prior-data (default: gaussian), or batchnorm: from the "
+        "model's BatchNorm statistics, no data needed",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        metavar="S",
+        help="with --target: inputs per class (default: 1); the PNG grid has a row per class",
     )
     parser.add_argument(
         "--components",
@@ -158,7 +170,14 @@ def _parse_targets(items: list[str]) -> list[int]:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Usage errors that need no file: raise before anything is loaded."""
-    if args.prior is not None and args.prior_data is None:
+    if args.prior == "batchnorm" and args.prior_data is not None:
+        raise NNInvError("--prior batchnorm needs no --prior-data: it reads the model's statistics")
+    if args.samples is not None:
+        if args.target is None:
+            raise NNInvError("--samples applies to --target class=K")
+        if args.samples < 1:
+            raise NNInvError(f"--samples must be a positive integer, got {args.samples}")
+    if args.prior not in (None, "batchnorm") and args.prior_data is None:
         raise NNInvError(f"--prior {args.prior} needs --prior-data X.npy to fit it on")
     if args.components is not None:
         if args.prior != "mixture":
@@ -269,6 +288,7 @@ def _save_figure(
     path: Path,
     method: str,
     value_range: tuple[float, float] | None,
+    per_class: tuple[list[int], int] | None = None,
 ) -> Path | None:
     from ..figures import save_grid
 
@@ -276,8 +296,14 @@ def _save_figure(
     if view is None:
         return None
     images, image_shape = view
-    shown = images[: _COLS * _ROWS]
-    rows = {f"#{i}": shown[i : i + _COLS] for i in range(0, len(shown), _COLS)}
+    cols = _COLS
+    if per_class is not None:  # a row per class: (labels, samples per class)
+        labels, cols = per_class
+        shown = images[: cols * _ROWS * 2]
+        rows = {f"class {labels[i]}": shown[i : i + cols] for i in range(0, len(shown), cols)}
+    else:
+        shown = images[: _COLS * _ROWS]
+        rows = {f"#{i}": shown[i : i + _COLS] for i in range(0, len(shown), _COLS)}
     if value_range is None:
         lo, hi = float(np.min(shown)), float(np.max(shown))
         if not lo < hi:
@@ -285,9 +311,7 @@ def _save_figure(
     else:
         lo, hi = value_range
     title = f"nninv invert, method {method}: {len(shown)} of {len(x)} inputs"
-    return save_grid(
-        rows, path, ncols=_COLS, image_shape=image_shape, title=title, vmin=lo, vmax=hi
-    )
+    return save_grid(rows, path, ncols=cols, image_shape=image_shape, title=title, vmin=lo, vmax=hi)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -319,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
 
     target: Any
     if labels is not None:
+        labels = [k for k in labels for _ in range(args.samples or 1)]
         target = ClassTarget(labels, confidence=args.confidence)
         target.check_classes(math.prod(out_shape))
     else:
@@ -327,6 +352,10 @@ def run(args: argparse.Namespace) -> int:
         if not target.dtype.is_floating_point:
             target = target.to(mdtype)
     prior = _fit_prior(args, X, in_shape) if X is not None else None
+    if args.prior == "batchnorm":
+        from ..priors import BatchNormPrior
+
+        prior = BatchNormPrior(model, first_multiplier=10.0, input_shape=in_shape)
     # Images are drawn on the scale of the bounds or of the example inputs, if given.
     value_range = bounds
     if value_range is None and X is not None and float(X.min()) < float(X.max()):
@@ -339,7 +368,8 @@ def run(args: argparse.Namespace) -> int:
         decoder.check_model(in_shape, out_shape)
         method = "decoder"
     else:
-        method = _pick_method(args.method, bounds, chain, prior, target)
+        auto = "optimize" if args.prior == "batchnorm" and args.method == "auto" else args.method
+        method = _pick_method(auto, bounds, chain, prior, target)
     options: dict[str, Any] = {}
     if method == "decoder":
         options["decoder"] = decoder
@@ -347,6 +377,14 @@ def run(args: argparse.Namespace) -> int:
         options["bounds"] = bounds
     if method == "optimize":
         options["seed"] = args.seed
+        if args.prior == "batchnorm":
+            # features of a constant input have no spatial variance, where the prior's
+            # gradient vanishes: start from faint seeded noise (also makes samples differ)
+            g = torch.Generator().manual_seed(args.seed)
+            n = len(labels) if labels is not None else len(target)
+            lo = bounds[0] if bounds is not None else 0.0
+            x0 = lo + 0.1 * torch.rand(n, *in_shape, generator=g, dtype=mdtype)
+            options["x0"] = x0
     torch.manual_seed(args.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NNInvWarning)
@@ -362,7 +400,8 @@ def run(args: argparse.Namespace) -> int:
     x = inv.x.detach().to("cpu", mdtype).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, x)
-    figure = _save_figure(x, in_shape, out.with_suffix(".png"), inv.method, value_range)
+    per_class = (labels, args.samples) if labels is not None and args.samples else None
+    figure = _save_figure(x, in_shape, out.with_suffix(".png"), inv.method, value_range, per_class)
 
     n, n_ok = len(inv), int(inv.converged.sum())
     rmax = float(inv.residual.max())
