@@ -56,7 +56,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--no-decoder", action="store_true", help="without MODEL: train no decoder (faster start)"
     )
     parser.add_argument("--input-shape", metavar="C,H,W", help="when the model does not tell it")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
     parser.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
     parser.set_defaults(func=run)

@@ -368,9 +368,7 @@ class Explorer:
                 out[name] = InversionView(name, None, math.inf, False, str(e))
                 continue
             x = inv.x.reshape(-1).to(_F64)
-            out[name] = InversionView(
-                name, x, float(inv.residual.max()), bool(inv.converged.all())
-            )
+            out[name] = InversionView(name, x, float(inv.residual.max()), bool(inv.converged.all()))
         return out
 
     def _directions(self, pre: Preimage | None) -> tuple[Tensor, list[float]]:
@@ -441,8 +439,10 @@ class Explorer:
                 )
             return xp[0]
         assert view.pre is not None
-        if view.bounded and bool(((x >= lo) & (x <= hi)).all()) and bool(
-            view.pre.contains(x[None], tol=1e-9)[0]
+        if (
+            view.bounded
+            and bool(((x >= lo) & (x <= hi)).all())
+            and bool(view.pre.contains(x[None], tol=1e-9)[0])
         ):
             return x.clone()
         return view.pre.project(x.reshape(1, *self.input_shape)).reshape(-1)

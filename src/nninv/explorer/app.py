@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -174,9 +175,7 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
             "inversions": [
                 k
                 for k in ("pinv", "gaussian", "mixture", "decoder")
-                if k == "pinv"
-                or (k == "decoder" and ex.decoder is not None)
-                or k in ex.priors
+                if k == "pinv" or (k == "decoder" and ex.decoder is not None) or k in ex.priors
             ],
             "model": type(ex.model).__name__,
         }
@@ -257,6 +256,19 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
             "output": _vec(ex.output(res.x.reshape(1, -1))) if found else None,
             "seconds": time.perf_counter() - t0,
         }
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
+        # the offending input is left out: it may be NaN, which JSON cannot carry
+        errors = [
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": e.get("msg", ""),
+                "type": e.get("type"),
+            }
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.exception_handler(NNInvError)
     def _nninv_error(_request: Any, exc: NNInvError) -> JSONResponse:
