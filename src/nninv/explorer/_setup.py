@@ -11,6 +11,8 @@ from __future__ import annotations
 
 __all__ = ["default_explorer", "explorer_for"]
 
+import math
+
 import torch
 from torch import nn
 
@@ -86,7 +88,10 @@ def explorer_for(
     """
     if len(train_images) < 2:
         raise NNInvError(f"need at least 2 images to fit the priors, got {len(train_images)}")
-    priors, _ = fit_priors(train_images[:n_prior].double(), components, seed=seed)
+    X = torch.as_tensor(train_images[:n_prior]).double()
+    if input_shape is not None and X[0].numel() == math.prod(input_shape):
+        X = X.reshape(len(X), *input_shape)
+    priors, _ = fit_priors(X, components, seed=seed)
     return Explorer(
         model,
         images,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 __all__ = ["Explorer", "InversionView", "View"]
 
+import contextlib
 import copy
 import math
 import threading
@@ -113,6 +114,7 @@ class View:
     spread: list[float] = field(default_factory=list)
     exact: bool = True
     gn: Any = None  # the Gauss-Newton projection's (coords, constraint, rows)
+    anchor: Any = None  # a member to fall back towards (curved sets)
 
     def base(self, name: str) -> Tensor:
         """The flat starting point ``name`` (``"image"`` or an inversion's name)."""
@@ -214,6 +216,7 @@ class Explorer:
         self._cache_size = int(cache_size)
         self._null_cache: dict[str, tuple[Tensor, list[float]]] = {}
         self.lock = threading.RLock()
+        self._warm = False
         #: True when the preimage is a polytope (one affine layer): exact projections.
         self.exact = self._is_polytope()
 
@@ -322,7 +325,14 @@ class Explorer:
         directions, spread = self._principal(N)
         view = View(key, y, image, label, None, True, None, inversions, directions, spread)
         view.exact = False
+        view.anchor = start
         self._cons(view)
+        if not self._warm and directions.shape[1]:
+            # the first Gauss-Newton projection in a process pays a one-off setup of
+            # about a second; the first view pays it, not the first slider move
+            with contextlib.suppress(NNInvError):
+                self._project(view, start + 1e-3 * directions[:, 0])
+            self._warm = True
         return view
 
     def _cons(self, view: View) -> tuple[Any, Any, Any]:
@@ -363,7 +373,14 @@ class Explorer:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", NNInvWarning)
-                    inv = invert(self.model, target, method=method, prior=prior, **options)
+                    inv = invert(
+                        self.model,
+                        target,
+                        method=method,
+                        prior=prior,
+                        input_shape=self.input_shape,
+                        **options,
+                    )
             except NNInvError as e:
                 out[name] = InversionView(name, None, math.inf, False, str(e))
                 continue
@@ -403,7 +420,12 @@ class Explorer:
     # --- interactions -----------------------------------------------------------------
 
     def slide(self, view: View, base: str, coefs: list[float]) -> tuple[Tensor, Tensor]:
-        """The member of the preimage closest to ``base + D t``; returns it and the raw move."""
+        """The member of the preimage closest to ``base + D t``; returns it and the raw move.
+
+        On a curved set (``view.exact`` False) a move the Gauss-Newton projection
+        cannot bring back is halved (up to four times); the raw move returned is
+        the one projected.
+        """
         k = view.directions.shape[1]
         if len(coefs) != k:
             raise NNInvError(f"this view has {k} sliders; got {len(coefs)} positions")
@@ -413,15 +435,36 @@ class Explorer:
         t = torch.tensor(coefs, dtype=_F64)
         raw = x0 + view.directions @ t if k else x0.clone()
         with self.lock:
-            x = self._project(view, raw)
-        return x, raw
+            if view.exact:
+                return self._project(view, raw), raw
+            # a curved set: far moves along the tangent may leave the projection's reach;
+            # then shorter moves in the same direction are tried
+            for _ in range(4):
+                try:
+                    return self._project(view, raw), raw
+                except NNInvError:
+                    t = t / 2
+                    raw = x0 + view.directions @ t
+            return self._project(view, raw), raw
 
     def project(self, view: View, x: Tensor) -> Tensor:
         """The member of the view's preimage closest to ``x`` (a drawing), in L2."""
         if view.exact and view.pre is None:
             raise NNInvError(f"no preimage to project onto: {view.pre_error}")
         with self.lock:
-            return self._project(view, x)
+            if view.exact:
+                return self._project(view, x)
+            # a curved set: a drawing beyond the projection's reach is pulled part of the
+            # way back to the view's starting member first
+            anchor = view.image if view.image is not None else view.anchor
+            error: NNInvError | None = None
+            for w in (1.0, 0.5, 0.25):
+                try:
+                    return self._project(view, w * x + (1 - w) * anchor)
+                except NNInvError as e:
+                    error = e
+            assert error is not None
+            raise error
 
     def _project(self, view: View, x: Tensor) -> Tensor:
         lo, hi = self.bounds
