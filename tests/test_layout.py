@@ -56,6 +56,7 @@ PUBLIC_MODULES = {
     "nninv.figures": ["save_grid"],
     "nninv.model": ["Diagnosis", "Permute", "Reshape", "diagnose", "load_model"],
     "nninv.geometry": ["Closest", "Extent", "Preimage", "Samples", "closest", "preimage"],
+    "nninv.distributed": ["DatasetRun", "StreamResult", "invert_dataset", "invert_file"],
     "nninv.cli": ["main"],
 }
 
@@ -72,6 +73,7 @@ LAYERS = {
     "learned": 2,
     "methods": 3,
     "geometry": 4,
+    "distributed": 4,
     "figures": 5,
     "cli": 5,
     "explorer": 5,
