@@ -22,6 +22,7 @@ import numpy as np
 
 from .._errors import NNInvError, NNInvWarning
 from ._common import analyse_model, fit_to_shape, load_array, parse_pair, parse_shape
+from ._stream import add_scale_arguments, check_scale_options, run_scaled
 
 #: Images shown in the PNG grid beside the output: at most ``_ROWS`` rows of ``_COLS``.
 _COLS, _ROWS = 10, 5
@@ -60,7 +61,9 @@ examples:
   nninv invert mnist.onnx --target class=3,7 --prior-data train.npy --out x.npy
   nninv invert mnist.onnx --outputs y.npy --decoder dec.safetensors --out x.npy
   nninv invert bn_cnn.onnx --target class=0,1,2,3,4,5,6,7,8,9 --samples 8 \
-      --prior batchnorm --bounds 0,1 --out x.npy"""
+      --prior batchnorm --bounds 0,1 --out x.npy
+  nninv invert mnist.onnx --outputs big.npy --batch-size 8192 --out x.npy [--resume]
+  nninv invert mnist.onnx --outputs 'parts/*.npy' --ray --address auto --out results/"""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -148,6 +151,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="the model's input shape without the batch dimension, when the file does not tell it",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    add_scale_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -326,8 +330,9 @@ def run(args: argparse.Namespace) -> int:
     labels = _parse_targets(args.target) if args.target is not None else None
     shape = parse_shape(args.input_shape) if args.input_shape is not None else None
     _check_method(args.method)
+    scaled = check_scale_options(args)
     out = Path(args.out)
-    if out.is_dir():
+    if out.is_dir() and not args.ray:
         raise NNInvError(
             f"--out '{out}' is a directory; give the file to write, e.g. {out / 'x.npy'}"
         )
@@ -346,6 +351,8 @@ def run(args: argparse.Namespace) -> int:
         labels = [k for k in labels for _ in range(args.samples or 1)]
         target = ClassTarget(labels, confidence=args.confidence)
         target.check_classes(math.prod(out_shape))
+    elif scaled:
+        target = torch.zeros(1, *out_shape, dtype=mdtype)  # read batch by batch later
     else:
         y = _read_outputs(args.outputs, out_shape)
         target = torch.from_numpy(np.ascontiguousarray(y))
@@ -386,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
             x0 = lo + 0.1 * torch.rand(n, *in_shape, generator=g, dtype=mdtype)
             options["x0"] = x0
     torch.manual_seed(args.seed)
+    if scaled:
+        return run_scaled(args, model, in_shape, method, prior, options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NNInvWarning)
         inv = invert(model, target, method, prior, tol=args.tol, input_shape=in_shape, **options)
