@@ -25,9 +25,8 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
 )
 
-from test_explorer import small_explorer  # noqa: E402
-
 from nninv.explorer import create_app  # noqa: E402
+from test_explorer import small_explorer  # noqa: E402
 
 CHROMIUM = os.environ.get("NNINV_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
