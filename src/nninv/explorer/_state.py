@@ -53,7 +53,7 @@ from ..methods._constraint import _Constraint, _Coords, _ModelFunctions
 from ..methods._projection import project as gauss_newton
 from ..methods.invert import invert
 from ..model._chain import analyse, eval_mode
-from ..priors import GaussianMixturePrior, GaussianPrior, Prior
+from ..priors import GaussianPrior, Prior
 from ..targets import ClassTarget
 
 _F64 = torch.float64
@@ -404,10 +404,9 @@ class Explorer:
         """The top principal directions of the Gaussian prior within span(N), scaled."""
         k = min(self.n_directions, N.shape[1])
         gauss = self.priors.get("gaussian")
+        # without a Gaussian prior every direction of the null space is as likely
         if isinstance(gauss, GaussianPrior):
             S = gauss.covariance.to(_F64).reshape(self.n, self.n)
-        elif isinstance(gauss, GaussianMixturePrior):  # pragma: no cover - not built so
-            S = torch.eye(self.n, dtype=_F64)
         else:
             S = torch.eye(self.n, dtype=_F64)
         M = N.T @ S @ N
