@@ -354,6 +354,14 @@ class Polyhedron:
             return -val, -r
 
         y0 = np.zeros(q)
+        if not p:
+            # equalities and the box only: active-set (semismooth Newton) steps on the
+            # dual from 0 usually certify in a few steps, 10-100x faster than L-BFGS-B
+            quick = self._active_set_from(zn, y0, C, c, k, lo, hi, scale, tol, 12)
+            if quick is not None:
+                x, kkt, y, it = quick
+                duals = (torch.from_numpy(y[:k]), torch.from_numpy(y[k:]))
+                return QPResult(torch.from_numpy(x), float(kkt), it, duals)
         bnds = [(None, None)] * k + [(0.0, None)] * p
         res = minimize(
             neg_dual,
@@ -383,6 +391,18 @@ class Polyhedron:
         return QPResult(
             torch.from_numpy(x), float(kkt), it, (torch.from_numpy(y[:k]), torch.from_numpy(y[k:]))
         )
+
+    def _active_set_from(self, z, y, C, c, k, lo, hi, scale, tol, steps):
+        """Active-set steps from ``y``; ``(x, kkt, y, steps)`` once certified, else None."""
+        for it in range(1, steps + 1):
+            y_new = self._active_set_step(z, y, C, c, k, lo, hi)
+            if y_new is None:
+                return None
+            x, kkt, y_new = self._kkt(z, y_new, C, c, k, lo, hi, scale)
+            if kkt <= tol:
+                return x, kkt, y_new, it
+            y = y_new
+        return None
 
     @staticmethod
     def _sets(z, y, C, k, lo, hi) -> np.ndarray:
