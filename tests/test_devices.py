@@ -1,0 +1,156 @@
+"""Device and dtype follow the inputs: every public entry point, on each available device.
+
+The ``device`` fixture is ``cpu`` always and ``cuda`` where a GPU is present
+(skipped with the reason otherwise). With no GPU, device-following is still
+checked in the one way a CPU allows: the default dtype is set to the *other*
+float dtype while a run computes, so a tensor made without ``dtype=`` (or a
+silent ``.float()``) shows up as a wrong result dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nninv
+from conftest import EPS
+from nninv.priors import GaussianMixturePrior, GaussianPrior
+
+DTYPES = [torch.float64, torch.float32]
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request) -> torch.device:
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=DTYPES, ids=["float64", "float32"])
+def dtype(request):
+    other = torch.float32 if request.param == torch.float64 else torch.float64
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(other)  # anything made without dtype= comes out wrong
+    yield request.param
+    torch.set_default_dtype(old)
+
+
+def _seed(device, dtype, n_in=12, n_out=4) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(n_in, n_out), nn.Sigmoid()).to(device, dtype)
+
+
+def _relu(device, dtype) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+        return net.to(device, dtype)
+
+
+def _data(n, d, device, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, d, generator=g, dtype=torch.float64).to(device, dtype)
+
+
+def _on(t, device, dtype):
+    assert t.device.type == device.type, (t.device, device)
+    assert t.dtype == dtype, (t.dtype, dtype)
+
+
+@pytest.mark.parametrize("method", ["pinv", "analytic", "optimize"])
+def test_invert_follows(device, dtype, method):
+    f = _seed(device, dtype)
+    X = _data(200, 12, device, dtype)
+    prior = GaussianPrior.fit(X) if method != "pinv" else None
+    with torch.no_grad():
+        y = f(_data(5, 12, device, dtype, seed=2))
+    inv = nninv.invert(f, y, method, prior)
+    _on(inv.x, device, dtype)
+    _on(inv.residual, device, dtype)
+    assert inv.converged.device.type == device.type and inv.converged.dtype == torch.bool
+    assert float(inv.residual.max()) <= EPS[dtype]["residual"] * 10
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "mixture"])
+def test_prior_fit_follows(device, dtype, kind):
+    X = _data(300, 6, device, dtype)
+    if kind == "gaussian":
+        p = GaussianPrior.fit(X)
+    else:
+        p = GaussianMixturePrior.fit(X, n_components=2, seed=0)
+    # a prior is fitted and kept in float64 on the CPU (its Cholesky factors need it) and
+    # serves queries in their own dtype and device; its samples are float64 CPU draws
+    _on(p.sample(4, seed=0), torch.device("cpu"), torch.float64)
+    _on(p.log_prob(X[:3]), device, dtype)
+    B = _data(2, 6, device, dtype, seed=3)
+    _on(p.posterior(B).mean(_data(3, 2, device, dtype, seed=4)), device, dtype)
+
+
+def test_preimage_follows(device, dtype):
+    f = _relu(device, dtype)
+    x = _data(1, 4, device, dtype)
+    with torch.no_grad():
+        y = f(x)
+    pre = nninv.preimage(f, y[0], bounds=(0.0, 1.0), around=x[0])
+    # the geometry (polytope, basis, membership, walks) is computed in float64 on the CPU,
+    # whatever the model's dtype: documented, and what this checks
+    for name in ("basis", "member"):
+        t = getattr(pre, name)
+        assert isinstance(t, torch.Tensor), name
+        _on(t, torch.device("cpu"), torch.float64)
+    assert bool(pre.contains(x).all())
+
+
+def test_closest_follows(device, dtype):
+    # the LP/MILP parts run on the CPU in float64 (HiGHS); the answer comes back to x's
+    f = _relu(device, dtype)
+    x = _data(1, 4, device, dtype)
+    with torch.no_grad():
+        k = int(f(x).argmax())
+    res = nninv.closest(f, x[0], nninv.ClassTarget([(k + 1) % 3]), time_limit=20)
+    if res.x is not None:
+        _on(res.x, device, dtype)
+
+
+def test_stream_writes_the_computation_dtype(tmp_path, device, dtype):
+    from nninv.distributed import invert_file
+
+    f = _seed(device, dtype)
+    with torch.no_grad():
+        y = f(_data(9, 12, device, dtype)).cpu().numpy()
+    np.save(tmp_path / "y.npy", y)
+    res = invert_file(f, tmp_path / "y.npy", tmp_path / "x.npy", "pinv", progress=False)
+    x = np.load(res.x_path)
+    assert x.dtype == y.dtype and np.load(res.residual_path).dtype == y.dtype
+
+
+def test_decoder_follows(device, dtype):
+    pytest.importorskip("safetensors")
+    from nninv.learned import Decoder
+
+    f = _seed(device, dtype)
+    X = _data(64, 12, device, dtype)
+    dec = Decoder.fit(f, X, epochs=1, hidden=(16,), progress=False)
+    with torch.no_grad():
+        y = f(X[:3])
+    _on(dec(y), device, dtype)
+    inv = nninv.invert(f, y, "decoder", decoder=dec)
+    _on(inv.x, device, dtype)
+
+
+def test_flow_and_posterior_follow(device, dtype):
+    pytest.importorskip("zuko")
+    from nninv.learned import ConditionalFlow, Decoder
+
+    f = _seed(device, dtype)
+    X = _data(64, 12, device, dtype)
+    dec = Decoder.fit(f, X, epochs=1, hidden=(16,), progress=False)
+    flow = ConditionalFlow.fit(f, X, decoder=dec, epochs=1, hidden=(16,), progress=False)
+    with torch.no_grad():
+        y = f(X[:2])
+    _on(flow.sample(y, 3, seed=0), device, dtype)
+    post = nninv.posterior(f, y, flow, n=3)
+    _on(post.x, device, dtype)
