@@ -18,12 +18,15 @@ call after a NumPy one 2-3x slower.
 - ``nninv analytic (mixture)``: the same with a 20-component mixture (extra row).
 - ``seed code (numpy)`` / ``seed code (torch)``: ``(logit(y) - b) @ pinv(W^T)``
   with the pseudo-inverse recomputed per call, as the seed did.
-- ``bare GEMM``: one ``(N, 10) @ (10, 784)`` product in torch, the floor;
+- ``bare GEMM``: one ``(N, 10) @ (10, 784)`` product in torch;
   ``bare GEMM (numpy)`` is the same product in NumPy, for scale.
+- ``floor``: what the contract cannot skip: ``logit(y) - b``, the GEMM back
+  through a pseudo-inverse computed once, the forward pass on the answer and
+  its residual ``max |f(x) - y|`` per row. The target (issue 17) is nninv pinv
+  and analytic (gaussian) within 3x of it (1.5x the ambition), column ``x floor``.
 
 ``invert`` also runs the model once on its answer to measure the residual; that
-is part of its cost and stays in the measurement. Ratios are to the torch
-bare GEMM of the same dtype. Target: nninv pinv and analytic (gaussian) within 3x.
+is part of its cost and stays in the measurement, as it does in the floor.
 The ``faults`` column is the median number of minor page faults per call. By
 default the benchmark has glibc keep freed memory in its heap (see
 :func:`keep_heap`), so that no contender pays them; with ``--system-malloc`` a
@@ -123,6 +126,13 @@ def contenders(
     d = torch.randn(y.shape[0], W.shape[0], dtype=y.dtype)
     M = torch.randn(W.shape[0], W.shape[1], dtype=y.dtype)
     d_np, M_np = d.numpy(), M.numpy()
+    P = torch.linalg.pinv(W).T.contiguous()  # (10, n), computed once like nninv's cache
+
+    def floor() -> torch.Tensor:
+        # what the contract needs at least: logit, the GEMM back, the forward pass on the
+        # answer and its residual
+        x = (torch.logit(y) - b) @ P
+        return (f(x) - y).abs().amax(1)
 
     def seed_numpy() -> np.ndarray:
         return (scipy.special.logit(y_np) - b_np) @ np.linalg.pinv(W_np.T)
@@ -142,6 +152,7 @@ def contenders(
         "seed code (torch)": seed_torch,
         "bare GEMM (numpy)": lambda: d_np @ M_np,
         "bare GEMM": lambda: d @ M,
+        "floor": floor,
     }
 
 
@@ -233,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     header = (
-        f"{'contender':<28} {'dtype':<8} {'median ms':>10} {'x GEMM':>8} {'faults':>7} "
+        f"{'contender':<28} {'dtype':<8} {'median ms':>10} {'x GEMM':>8} {'x floor':>8} "
+        f"{'faults':>7} "
         f"{'max residual':>13}"
     )
     print(header)
@@ -242,26 +254,24 @@ def main(argv: list[str] | None = None) -> int:
     for dname in args.dtypes.split(","):
         dname = dname.strip()
         rows, edge = bench_dtype(f32, test_x, priors, getattr(torch, dname), args.repeats)
-        gemm = rows["bare GEMM"][0]
+        gemm, low = rows["bare GEMM"][0], rows["floor"][0]
         for k, (med, faults, res) in rows.items():
             res_s = "-" if res != res else f"{res:.1e}"
             print(
-                f"{k:<28} {dname:<8} {1e3 * med:>10.2f} {med / gemm:>7.1f}x {faults:>7.0f} "
-                f"{res_s:>13}"
+                f"{k:<28} {dname:<8} {1e3 * med:>10.2f} {med / gemm:>7.1f}x {med / low:>7.1f}x "
+                f"{faults:>7.0f} {res_s:>13}"
             )
-            if k in ("nninv pinv", "nninv analytic (gaussian)") and med / gemm > TARGET_RATIO:
-                failures.append(f"{k} {dname}: {med / gemm:.1f}x GEMM")
+            if k in ("nninv pinv", "nninv analytic (gaussian)") and med / low > TARGET_RATIO:
+                failures.append(f"{k} {dname}: {med / low:.1f}x the floor")
         if edge:
             print(
                 f"  ({dname}: {edge} output value(s) were exactly 0 or 1 and moved one ulp inside)"
             )
     print()
     if failures:
-        print(f"target missed (<= {TARGET_RATIO:g}x GEMM): " + "; ".join(failures))
+        print(f"target missed (<= {TARGET_RATIO:g}x the floor): " + "; ".join(failures))
         return 1
-    print(
-        f"target met: nninv pinv and analytic (gaussian) within {TARGET_RATIO:g}x of the bare GEMM"
-    )
+    print(f"target met: nninv pinv and analytic (gaussian) within {TARGET_RATIO:g}x of the floor")
     return 0
 
 
