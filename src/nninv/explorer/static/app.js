@@ -115,6 +115,12 @@ function showView(v) {
   drawImage($("closest"), null);
   $("closest-info").textContent = "";
   drawBars($("closest-bars"), null);
+  // a new target: the canvas starts again from its image (blank for a typed output)
+  startDrawing(v.image);
+  drawImage($("projected"), null);
+  drawBars($("drawn-bars"), null);
+  drawBars($("projected-bars"), null);
+  $("projected-caption").textContent = "closest member of the preimage";
   slide();
 }
 
@@ -254,7 +260,6 @@ async function main() {
   $("closest-btn").onclick = findClosest;
   setupCanvas();
   await select({ image: 0 });
-  startDrawing(state.view && state.view.image ? state.view.image : state.member);
   document.body.dataset.ready = "1";
 }
 
