@@ -242,3 +242,29 @@ def test_explorer_rejects_images_outside_the_bounds():
         Explorer(f, torch.full((3, 4), 2.0))
     with pytest.raises(NNInvError, match="NaN"):
         Explorer(f, torch.full((3, 4), math.nan))
+
+
+def test_explore_builds_from_the_files_named_on_the_command_line(tmp_path):
+    import numpy as np
+
+    from nninv.cli import build_parser, explore
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        f = nn.Sequential(nn.Linear(64, 10), nn.Sigmoid())
+    X = torch.rand(40, 64, generator=g)
+    model_path = tmp_path / "model.pt"
+    torch.jit.trace(f, X[:1]).save(str(model_path))
+    data_path = tmp_path / "X.npy"
+    np.save(data_path, X.numpy())
+    args = build_parser().parse_args(["explore", str(model_path), "--data", str(data_path)])
+    ex = explore.build(args)
+    assert ex.exact and ex.n == 64 and len(ex.images) == 40
+    v = TestClient(create_app(ex)).post("/api/select", json={"image": 2}).json()
+    assert v["kind"] == "affine" and v["dim"] == 54
+    args = build_parser().parse_args(["explore", str(model_path), "--dataset", "digits8x8"])
+    assert explore.build(args).display_shape == (8, 8)
+    args = build_parser().parse_args(["explore", str(tmp_path / "missing.pt")])
+    with pytest.raises((FileNotFoundError, ValueError)):
+        explore.build(args)
