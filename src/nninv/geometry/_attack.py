@@ -4,10 +4,10 @@
 descent (:func:`_pgd`, several restarts, steps projected onto the ``linf``,
 ``l1`` or ``l2`` ball and the input box) reaches the target class, by bisection
 (:func:`_bisect`); every input it returns is verified by running the float64
-model (:class:`_Checker`). It is the whole answer for smooth networks and, for
-piecewise-linear ones, gives the exact solver a verified incumbent whose
-distance bounds the optimum. :func:`_dist` is the distance in each norm, shared
-with the exact path.
+model and the caller's own, in its dtype (:class:`_Checker`). It is the whole
+answer for smooth networks and, for piecewise-linear ones, gives the exact
+solver a verified incumbent whose distance bounds the optimum. :func:`_dist`
+is the distance in each norm, shared with the exact path.
 """
 
 from __future__ import annotations
@@ -37,19 +37,60 @@ def _dist(v: np.ndarray, norm: str) -> float:
 
 
 class _Checker:
-    """Runs the float64 model on flat inputs and says whether class ``c`` wins."""
+    """Says whether class ``c`` wins on flat inputs, run by the float64 model and by
+    ``native``, the caller's own model in its own dtype and device (float32 rounds
+    differently: a point on the decision boundary in float64 may lose there).
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], label: int):
-        self.model, self.shape, self.label = model, input_shape, label
+    ``rejected`` counts the inputs the float64 model accepted and ``native`` refused;
+    ``margin`` is the caller's margin for the exact path's polish (None: a growing one).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        label: int,
+        native: nn.Module | None = None,
+    ):
+        self.model, self.shape, self.label, self.native = model, input_shape, label, native
+        self.rejected = 0
+        self.margin: float | None = None
+        self.dtype, self.device = _F64, torch.device("cpu")
+        if native is not None:
+            for t in (*native.parameters(), *native.buffers()):
+                if t.is_floating_point():
+                    self.dtype, self.device = t.dtype, t.device
+                    break
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             out = self.model(torch.from_numpy(np.atleast_2d(x)).reshape(-1, *self.shape))
         return out.reshape(out.shape[0], -1).numpy()
 
+    def native_ok(self, x: np.ndarray) -> bool:
+        """The caller's model, in its dtype, puts ``x`` in the class: arg-max and no tie."""
+        if self.native is None:
+            return True
+        xt = torch.from_numpy(np.atleast_2d(x)).reshape(-1, *self.shape)
+        was = self.native.training
+        self.native.eval()
+        try:
+            with torch.no_grad():
+                out = self.native(xt.to(self.device, self.dtype))
+        finally:
+            self.native.train(was)
+        out = out.reshape(out.shape[0], -1).detach().to("cpu", _F64)
+        met = bool(class_shortfall(ClassTarget([self.label]), out)[0] == 0)
+        return met and int(out[0].argmax()) == self.label
+
     def ok(self, x: np.ndarray) -> bool:
         out = torch.from_numpy(self.logits(x))
-        return bool(class_shortfall(ClassTarget([self.label]), out)[0] == 0)
+        if not bool(class_shortfall(ClassTarget([self.label]), out)[0] == 0):
+            return False
+        if not self.native_ok(x):
+            self.rejected += 1
+            return False
+        return True
 
 
 def _project_ball(v: Tensor, eps: float, norm: str) -> Tensor:
@@ -126,8 +167,12 @@ def _attack(
     steps=100,
     restarts=4,
     rounds=12,
+    check=None,
 ):  # type: ignore[no-untyped-def]
-    """Smallest radius at which PGD reaches the class, by bisection; ``(x or None, info)``."""
+    """Smallest radius at which PGD reaches the class, by bisection; ``(x or None, info)``.
+
+    ``check`` (a :class:`_Checker`) verifies each input; by default the float64 model's.
+    """
     with one_thread():
         return _bisect(
             model64,
@@ -143,6 +188,7 @@ def _attack(
             steps,
             restarts,
             rounds,
+            check,
         )
 
 
@@ -160,11 +206,13 @@ def _bisect(
     steps,
     restarts,
     rounds,
+    check=None,
 ):  # type: ignore[no-untyped-def]
     gen = torch.Generator().manual_seed(seed)
     x0t = torch.from_numpy(np.asarray(x0, dtype=np.float64))
     lo_t, hi_t = torch.from_numpy(np.asarray(lo)), torch.from_numpy(np.asarray(hi))
-    check = _Checker(model64, in_shape, label)
+    if check is None:
+        check = _Checker(model64, in_shape, label)
     if max_distance is not None:
         top = max_distance
     else:

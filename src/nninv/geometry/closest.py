@@ -1,9 +1,20 @@
 """``nninv.closest``: the nearest input that a model puts in a given class.
 
 For a classifier this is an adversarial example with a certificate: the
-returned ``x`` is in the target class (checked by running the model in
-float64) and ``bound`` is a proven lower bound on the distance of every input
-in that class, so no smaller perturbation exists.
+returned ``x`` is in the target class (checked by running the model, both in
+float64 and in the caller's own dtype and device, float32 included) and
+``bound`` is a proven lower bound on the distance of every input in that
+class, so no smaller perturbation exists.
+
+``bound`` and ``distance`` are two numbers on purpose: the optimum of the
+MILP is an infimum, reached on the decision boundary, where the class only
+ties with a rival and float32 rounding often puts the input in the rival
+class. ``bound`` is that infimum (certified); ``x`` is solved for with the
+class winning by a small ``margin`` in its logits, so that the model confirms
+it, and ``distance`` is its own distance, a little above ``bound`` (for an
+``"optimal"`` answer at most ``bound * (1 + 1e-4) + 1e-6``, :data:`SLACK`). An
+input the model does not confirm is never returned: the answer falls back to
+another verified input, or to none, with a warning.
 
 How each case is solved
 -----------------------
@@ -27,9 +38,12 @@ How each case is solved
   the distance MILP runs, with the gradient search's input as HiGHS's first
   incumbent and its primal heuristics off. The MILP's point is polished
   inside its activation region by one LP that asks the class to win by a
-  small ``margin``, so that the model confirms it despite the solver's
-  tolerances. ``bound`` is ``d (1 - 1e-6)`` after a proof by reachability,
-  else HiGHS's dual bound for the problem without margin (relative gap 1e-6).
+  small ``margin`` (by default the smallest of ``1e-9 s, 1e-8 s, ...,
+  1e-3 s``, with ``s`` the largest logit at ``x0``, that the model confirms in
+  float64 and in its own dtype), so that the model confirms it despite the
+  solver's tolerances and float32 rounding. ``bound`` is ``d (1 - 1e-6)``
+  after a proof by reachability, else HiGHS's dual bound for the problem
+  without margin (relative gap 1e-6).
   ``info["phase_seconds"]`` says where the time went.
 - One affine layer followed by increasing activations or a softmax (the
   seed's model): the class region is a polytope; ``linf`` and ``l1`` are
@@ -43,7 +57,8 @@ How each case is solved
   bisection on the radius; status ``"heuristic"`` and ``bound`` 0.
 
 Ties: an input is in class ``c`` when no other logit is strictly larger, as
-in :func:`nninv.invert`; the returned ``x`` in fact wins by ``info["margin"]``.
+in :func:`nninv.invert`; the returned ``x`` in fact wins by ``info["margin"]``
+(float64 logits) and is the arg-max of the caller's model in its own dtype.
 
 References
 ----------
@@ -59,6 +74,7 @@ __all__ = ["Closest", "closest"]
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +97,9 @@ from ._polytope import Polyhedron
 # globals, so that replacing them here (as the tests do) reaches every path of closest()
 
 NORMS = ("linf", "l1", "l2")
+#: ``(rel, abs)``: an ``"optimal"`` answer has ``distance <= bound * (1 + rel) + abs``;
+#: one the margin pushed farther is reported ``"heuristic"`` (``info["note"]``).
+SLACK = (1e-4, 1e-6)
 STATUSES = ("optimal", "infeasible", "time_limit", "heuristic")
 
 
@@ -92,18 +111,22 @@ class Closest:
     ----------
     x : Tensor or None
         ``(1, *input_shape)`` float64, in the target class (checked by running
-        the model), or None when no input of the class lies within
-        ``max_distance`` (status ``"infeasible"``) or none was found.
+        the model in float64 and in its own dtype: ``model(x.to(dtype))``
+        puts it in the class), or None when no input of the class lies within
+        ``max_distance`` (status ``"infeasible"``) or none was found or
+        confirmed by the model (:attr:`found` False).
     distance : float
-        ``|x - x0|`` in the chosen norm (``inf`` when ``x`` is None).
+        ``|x - x0|`` in the chosen norm, of the returned ``x`` (``inf`` when
+        ``x`` is None); at least ``bound``, since ``x`` wins by a margin.
     status : str
         ``"optimal"`` (``distance`` is the minimum, up to the solver's gap and
         the margin), ``"infeasible"`` (proven: nothing within
         ``max_distance``), ``"time_limit"`` (best found when time ran out) or
         ``"heuristic"`` (no optimality proof).
     bound : float
-        A proven lower bound on the distance to any input of the class
-        (``>= max_distance`` when infeasible; 0 when nothing is proven).
+        A proven lower bound on the distance to any input of the class (for
+        ``"optimal"``, the infimum, reached only on the decision boundary;
+        ``>= max_distance`` when infeasible; 0 when nothing is proven).
     norm : str
     label : int
         The target class.
@@ -111,7 +134,9 @@ class Closest:
         ``"margin"``, ``"seconds"``, ``"n_binaries"``, ``"n_unstable"``,
         ``"nodes"``, ``"lp_tightened"``, ``"method"``, ``"rivals"`` (the
         classes whose constraints the MILP kept), ``"rounds"`` (MILPs solved),
-        ``"phase_seconds"``, ...
+        ``"phase_seconds"``, ``"dtype"`` (the caller's, in which ``x`` was
+        checked), ``"rejected"`` (inputs the float64 model put in the class
+        and the caller's model did not), ``"note"``, ...
     """
 
     x: Tensor | None
@@ -128,6 +153,11 @@ class Closest:
             f"distance={self.distance:.6g}, bound={self.bound:.6g})"
         )
 
+    @property
+    def found(self) -> bool:
+        """Whether an input of the class, confirmed by the model, is returned."""
+        return self.x is not None
+
 
 def closest(
     model: nn.Module,
@@ -140,6 +170,7 @@ def closest(
     bounds: Any = (0.0, 1.0),
     input_shape: Sequence[int] | None = None,
     seed: int = 0,
+    margin: float | None = None,
 ) -> Closest:
     """The input nearest to ``x`` that ``model`` puts in the target class.
 
@@ -163,6 +194,14 @@ def closest(
     input_shape : sequence of int, optional
     seed : int
         Seeds the gradient search used by the heuristic cases.
+    margin : float, optional
+        How much the target logit must beat every rival's (float64, the
+        model's output units) at the returned ``x``. By default the smallest
+        of ``1e-9 s, 1e-8 s, ..., 1e-3 s`` (``s`` the largest logit at ``x0``,
+        at least 1) that the model confirms, in float64 and in its own dtype.
+        ``margin=0`` asks for the boundary point itself, which float32 often
+        refuses; such an input is then not returned. ``bound`` never depends
+        on it.
 
     Returns
     -------
@@ -204,6 +243,10 @@ def closest(
             raise NNInvError(f"max_distance must be finite and >= 0, got {max_distance}")
     if not time_limit > 0:
         raise NNInvError(f"time_limit must be positive, got {time_limit}")
+    if margin is not None:
+        margin = float(margin)
+        if not margin >= 0 or math.isinf(margin):
+            raise NNInvError(f"margin must be finite and >= 0, got {margin}")
     with eval_mode(model):
         chain0 = analyse(model, input_shape)
     model64 = float64_copy(model)
@@ -223,22 +266,44 @@ def closest(
             f"x lies outside bounds at input {i} ({x0[i]} not in [{lo[i]}, {hi[i]}]); "
             "pass bounds=None or bounds that contain x"
         )
-    check = _Checker(model64, in_shape, label)
+    check = _Checker(model64, in_shape, label, native=model)
+    check.margin = margin
     common = {"norm": norm, "label": label}
 
     def done(xv: np.ndarray | None, status: str, bound: float, info: dict) -> Closest:
         info["seconds"] = time.perf_counter() - t0
+        info["dtype"] = str(check.dtype).replace("torch.", "")
+        info["rejected"] = check.rejected
+        if xv is not None and not check.ok(xv):
+            info["note"] = (
+                f"the solver's input is not in class {label} when the model runs it "
+                f"({info['dtype']}); not returned"
+            )
+            info["unverified_x"] = xv
+            xv = None
+            status = "heuristic" if status != "infeasible" else status
         if xv is None:
+            if status != "infeasible":
+                warnings.warn(
+                    f"closest: no input of class {label} confirmed by the model "
+                    f"({info['dtype']}) was found; {info.get('note', 'none within reach')}",
+                    stacklevel=3,
+                )
             return Closest(None, math.inf, status, bound, info=info, **common)
-        if not check.ok(xv):
-            raise AssertionError("an unverified input reached the result")
         d = _dist(xv - x0, norm)
+        bound = min(bound, d)
+        if status == "optimal" and d > bound * (1 + SLACK[0]) + SLACK[1]:
+            status = "heuristic"
+            info["note"] = (
+                f"the margin {info.get('margin')} put x at {d:.6g}, beyond the slack "
+                f"over the proven bound {bound:.6g}"
+            )
         info["logits"] = check.logits(xv)[0]
         return Closest(
             torch.from_numpy(xv.copy()).reshape(1, *in_shape),
             d,
             status,
-            min(bound, d),
+            bound,
             info=info,
             **common,
         )
@@ -290,7 +355,7 @@ def closest(
             "the exact MILP needs a bounded domain: pass finite bounds=(lo, hi) or max_distance"
         )
     xv, info = _attack(
-        model64, in_shape, x0, label, norm, lo, hi, max_distance, t0 + time_limit, seed
+        model64, in_shape, x0, label, norm, lo, hi, max_distance, t0 + time_limit, seed, check=check
     )
     info["method"] = "pgd"
     return done(xv, "heuristic", 0.0, info)
@@ -341,6 +406,7 @@ def _exact(
             steps=50,
             restarts=4,
             rounds=8,
+            check=check,
         )
         if x_pgd is not None:
             d_ub = _dist(x_pgd - x0, norm)
@@ -583,26 +649,30 @@ def _top_rival(net: PLNet, x: np.ndarray, label: int) -> int:
 
 
 def _polish(net, check, patterns, bounds, lo, hi, x0, norm, label):  # type: ignore[no-untyped-def]
-    """Re-solve inside the region with the class winning by a growing margin until the
-    model confirms it."""
-    scale = _lp_margin_scale(net, x0)
+    """Re-solve inside the region with the class winning by a margin until the model
+    confirms it: ``check.margin``, else a growing one (:func:`_margins`)."""
     for pattern in patterns:
-        margin = 1e-9 * scale
-        while margin <= 1e-3 * scale:
+        for margin in _margins(check, net, x0):
             x, _ = region_lp(net, pattern, bounds, lo, hi, x0, norm, label, margin)
             if x is None:
                 break
             if check.ok(x):
                 return x, margin
-            margin *= 10
     return None, 0.0
 
 
-def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in_shape, seed):  # type: ignore[no-untyped-def]
+def _margins(check, net: PLNet, x0: np.ndarray) -> list[float]:  # type: ignore[no-untyped-def]
+    """The margins to try, smallest first: the caller's, or ``1e-9 s ... 1e-3 s``."""
+    if check.margin is not None:
+        return [check.margin]
     scale = _lp_margin_scale(net, x0)
+    return [10.0**k * scale for k in range(-9, -2)]
+
+
+def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in_shape, seed):  # type: ignore[no-untyped-def]
     if not net.slopes:
         # one affine layer: the class is a polytope and the projection QP is exact
-        for margin in (1e-9 * scale, 1e-7 * scale, 1e-5 * scale, 1e-3 * scale):
+        for margin in _margins(check, net, x0):
             G, g = region_polytope(net, [], [], label, margin)
             poly, _ = Polyhedron.from_constraints(
                 None,
@@ -624,9 +694,8 @@ def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in
                 if max_distance is not None and d > max_distance:
                     return done(None, "infeasible", max_distance, info)
                 return done(x, "optimal", d, info)
-        raise NNInvError(
-            "the projection onto the class polytope could not be verified by the model"
-        )
+        info = {"method": "qp", "note": "no projection onto the class polytope was confirmed"}
+        return done(None, "heuristic", 0.0, info)
     # deeper ReLU nets: the exact linf distance bounds the l2 distance from below
     ex = _exact(
         net,
@@ -657,7 +726,7 @@ def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in
             pattern.append(z >= 0)
             h = np.where(z >= 0, z, a * z)
         bounds = interval_bounds(net, lo, hi)
-        for margin in (1e-9 * scale, 1e-6 * scale, 1e-3 * scale):
+        for margin in _margins(check, net, x0):
             G, g = region_polytope(net, pattern, bounds, label, margin)
             poly, _ = Polyhedron.from_constraints(
                 None,
@@ -674,7 +743,9 @@ def _l2(net, check, x0, lo, hi, label, max_distance, deadline, done, model64, in
                 cands.append(x)
                 break
         cands.append(xv)
-    xa, ia = _attack(model64, in_shape, x0, label, "l2", lo, hi, max_distance, deadline, seed)
+    xa, ia = _attack(
+        model64, in_shape, x0, label, "l2", lo, hi, max_distance, deadline, seed, check=check
+    )
     if xa is not None:
         cands.append(xa)
     info["pgd_found"] = xa is not None
