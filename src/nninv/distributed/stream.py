@@ -267,7 +267,7 @@ def invert_file(
                     _start(c_path, (n,), np.dtype(bool)),
                 ]
             for f, a in zip(files, (res.x, res.residual, res.converged)):
-                f.write(np.ascontiguousarray(a).tobytes())
+                f.write(memoryview(np.ascontiguousarray(a)).cast("B"))  # no copy
                 f.flush()
             bar.update(stop - start)
     finally:
