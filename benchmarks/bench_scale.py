@@ -87,6 +87,21 @@ def setup(folder: Path, sizes: list[int], dtype: str, seed: int) -> dict:
     return files
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak RSS: ``VmHWM`` (per address space, reset by exec) on Linux.
+
+    ``ru_maxrss`` is not used where ``/proc`` exists: a child started by ``fork`` and
+    ``exec`` inherits the parent's peak in it, which here is the setup's.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args: argparse.Namespace) -> None:
     """One streamed run in this process; print JSON with the time and the peak RSS."""
     from nninv.distributed import invert_file
@@ -111,7 +126,7 @@ def child(args: argparse.Namespace) -> None:
                 progress=False,
             )
             times.append(time.perf_counter() - t)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+    rss = _peak_rss_mib()
     print(
         json.dumps(
             {
