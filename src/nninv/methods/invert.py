@@ -156,7 +156,10 @@ def invert(
         with torch.no_grad():
             out = model(x.to(mdtype))
         residual = residual_of(tgt, out.to(dtype), chain).to(dtype)
-        ok = residual <= tol  # False for NaN too
+        # a class target is met only when the model, run in its own dtype, puts the sample
+        # in the class (shortfall 0): a sample on the boundary is not converged
+        ok = residual == 0 if isinstance(tgt, ClassTarget) else residual <= tol
+        ok &= torch.isfinite(residual)
         reasons: list[str | None] = list(sol.reasons) if sol.reasons else [None] * len(x)
         if sol.ok is not None:
             ok &= sol.ok.to(ok.device)
@@ -164,7 +167,12 @@ def invert(
         if not all_ok:
             for i in (~ok).nonzero().flatten().tolist():
                 if reasons[i] is None:
-                    reasons[i] = f"residual {float(residual[i]):.3g} above tol {tol:g}"
+                    reasons[i] = (
+                        f"not in the target class when the model runs it ({mdtype}), "
+                        f"shortfall {float(residual[i]):.3g}"
+                        if isinstance(tgt, ClassTarget)
+                        else f"residual {float(residual[i]):.3g} above tol {tol:g}"
+                    )
         info = {"tol": tol, "reasons": reasons, **sol.info}
         if moved:
             info["edge_values_moved"] = moved
