@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from .._errors import NNInvError
 from ..model._chain import Chain, analyse, eval_mode
 from ..model._outputs import as_output, check_range, class_shortfall
+from ..model.io import as_module
 from ..priors import GaussianMixturePrior, GaussianPrior, Prior
 from ..targets import ClassTarget
 from ._inputs import as_bounds, as_input, float64_copy
@@ -605,7 +606,7 @@ def preimage(
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module or a fitted scikit-learn MLPClassifier/MLPRegressor
         A chain of known layers (see :mod:`nninv.model._chain`); evaluated in float64.
     target : Tensor, ndarray or ClassTarget
         One output (``(*output_shape)`` or ``(1, *output_shape)``), or a
@@ -645,8 +646,7 @@ def preimage(
     >>> bool(pre.contains(xs).all()), bool(((xs >= 0) & (xs <= 1)).all())
     (True, True)
     """
-    if not isinstance(model, nn.Module):
-        raise NNInvError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model = as_module(model)
     with eval_mode(model):
         chain = analyse(model, input_shape)
     model64 = float64_copy(model)

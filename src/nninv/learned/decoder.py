@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import NNInvError
+from ..model.io import as_module
 from ..priors import GaussianPrior
 
 #: What ``save`` writes in the file's metadata, and what ``load`` accepts.
@@ -181,7 +182,7 @@ class Decoder:
 
         Parameters
         ----------
-        model : torch.nn.Module
+        model : torch.nn.Module or a fitted scikit-learn MLPClassifier/MLPRegressor
             The network to invert; run in eval mode, never trained.
         X : Tensor or ndarray
             Inputs shaped ``(N, *input_shape)`` (at least 10), e.g. training images.
@@ -218,8 +219,7 @@ class Decoder:
             On bad data (shape, NaN, too few samples), options, or a model that
             fails on ``X``.
         """
-        if not isinstance(model, nn.Module):
-            raise NNInvError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        model = as_module(model)
         X = _as_tensor(X, "X").detach().to("cpu", torch.float32)
         if X.ndim < 2 or X.shape[0] < 10:
             raise NNInvError(

@@ -23,6 +23,7 @@ from .._errors import NNInvError, NNInvWarning
 from .._result import Inversion
 from ..model._chain import _input_shape, analyse, eval_mode
 from ..model._outputs import as_output, check_range, residual_of
+from ..model.io import as_module
 from ..priors import Prior
 from ..targets import ClassTarget
 from . import Problem, get_method
@@ -54,7 +55,7 @@ def invert(
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module or a fitted scikit-learn MLPClassifier/MLPRegressor
         The network; evaluated in eval mode (its mode is restored afterwards).
     target : Tensor, ndarray or ClassTarget
         Outputs shaped ``(N, *output_shape)`` (one unbatched output is accepted),
@@ -100,8 +101,7 @@ def invert(
     >>> bool(inv.converged.all()), float(inv.residual.max()) < 1e-12
     (True, True)
     """
-    if not isinstance(model, nn.Module):
-        raise NNInvError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model = as_module(model)
     if prior is not None and not isinstance(prior, Prior):
         if not hasattr(prior, "log_prob"):
             raise NNInvError(

@@ -1,7 +1,7 @@
 """Elementwise activations that nninv knows: forward map, inverse, range, derivative.
 
 Each entry describes a monotone scalar function ``h = sigma(z)``. Bijective
-ones (sigmoid, tanh, leaky ReLU with positive slope, ELU, SELU, softplus) have a
+ones (sigmoid, tanh, leaky ReLU with positive slope, ELU, SELU, softplus, exp) have a
 closed-form inverse on their open range; ReLU is not injective (every
 ``z <= 0`` maps to 0) and is marked so. ``reparam`` maps the whole real line
 onto the open range and is used to pull a hidden-layer solution back inside
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .layers import Exp
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,10 @@ def _make_relu() -> Activation:
     )
 
 
+def _make_exp() -> Activation:
+    return Activation("exp", torch.exp, torch.log, 0.0, math.inf, True, torch.exp, torch.log)
+
+
 def activation_of(module: nn.Module) -> Activation | None:
     """The :class:`Activation` a module computes, or None if it is not one we know.
 
@@ -154,6 +160,8 @@ def activation_of(module: nn.Module) -> Activation | None:
     """
     if isinstance(module, nn.Sigmoid):
         return _make_sigmoid()
+    if isinstance(module, Exp):
+        return _make_exp()
     if isinstance(module, nn.Tanh):
         return _make_tanh()
     if isinstance(module, nn.LeakyReLU):

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .._errors import NNInvError
 from ._chain import MAX_DENSE, Affine, LayerInfo, analyse, eval_mode
+from .io import as_module
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ def diagnose(
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module or a fitted scikit-learn MLPClassifier/MLPRegressor
+        (converted by :func:`nninv.model.io.as_module`).
     data : Tensor or ndarray, optional
         Inputs shaped ``(N, *input_shape)``; gives the fraction of their energy
         in each linear layer's row space (what the pseudo-inverse keeps).
@@ -253,8 +255,7 @@ def diagnose(
     >>> d.layers[0].rank, d.layers[0].nullity, d.preimage_dim
     (10, 774, 774)
     """
-    if not isinstance(model, nn.Module):
-        raise NNInvError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model = as_module(model)
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
         raise NNInvError(f"max_samples must be a positive integer, got {max_samples!r}")
     if input_shape is None and data is not None and getattr(model, "input_shape", None) is None:

@@ -9,10 +9,11 @@ are linear, exactly invertible, and need no densifying.
 
 from __future__ import annotations
 
-__all__ = ["Permute", "Reshape"]
+__all__ = ["Exp", "Permute", "Reshape"]
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 
@@ -68,3 +69,16 @@ class Reshape(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"
+
+
+class Exp(nn.Module):
+    """Elementwise ``exp`` (the output of a Poisson-loss regressor); inverse ``log``.
+
+    Examples
+    --------
+    >>> Exp()(torch.zeros(2, 3)).tolist()
+    [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.exp(x)

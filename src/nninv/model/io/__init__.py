@@ -1,17 +1,20 @@
-"""Load trained networks saved by Keras, ONNX or TorchScript as PyTorch modules.
+"""Load trained networks saved by Keras, ONNX, TorchScript or skops as PyTorch modules.
 
-:func:`load_model` reads a model file without the framework that wrote it and
+:func:`load_model` reads a model file without the framework that wrote it (or
+takes a fitted scikit-learn MLP) and
 rebuilds the network as a ``torch.nn.Sequential`` of standard PyTorch layers
 (``nn.Linear``, ``nn.Conv2d``, ``nn.Sigmoid``, ...) plus the shape layers of
 :mod:`nninv.model.layers`, so that the chain analysis recognises every step. The
 format is told from the file's content (zip members, HDF5 signature, pickle
-opcodes), the suffix only breaking ties. Pickled PyTorch modules are refused:
-unpickling runs arbitrary code.
+opcodes), the suffix only breaking ties. Pickled PyTorch modules and pickled or
+joblib-dumped scikit-learn models are refused: unpickling runs arbitrary code.
+:func:`as_module` is the one place where the public functions turn what they
+are given (a module, or a scikit-learn MLP) into a module.
 """
 
 from __future__ import annotations
 
-__all__ = ["SUPPORTED_KINDS", "load_model"]
+__all__ = ["SUPPORTED_KINDS", "as_module", "load_model"]
 
 import os
 import zipfile
@@ -19,6 +22,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,11 +35,12 @@ SUPPORTED_KINDS: tuple[str, ...] = (
     "legacy Keras HDF5 (.h5, .hdf5)",
     "ONNX (.onnx)",
     "TorchScript archive (torch.jit.save; .pt, .pth)",
+    "scikit-learn MLPClassifier/MLPRegressor saved by skops (.skops)",
 )
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"}
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar", ".joblib"}
 _SAFE_ALTERNATIVES = (
     "Unpickling executes arbitrary code, so nninv does not load pickles. Safe "
     "alternatives: (1) save model.state_dict(), rebuild your own model class and "
@@ -43,7 +48,8 @@ _SAFE_ALTERNATIVES = (
     "then pass the module itself; (2) save a TorchScript archive with "
     "torch.jit.save(torch.jit.script(model), path); (3) export ONNX with "
     "torch.onnx.export; (4) keep the weights in safetensors and build the module "
-    "in code."
+    "in code. A scikit-learn model: save it with skops.io.dump(model, 'model.skops'), "
+    "or pass the fitted estimator itself."
 )
 
 
@@ -51,15 +57,40 @@ class _ModelFileNotFoundError(NNInvError, FileNotFoundError):
     """The model file does not exist (catchable as either parent class)."""
 
 
-def load_model(path: str | os.PathLike[str]) -> nn.Module:
+def as_module(model: Any) -> nn.Module:
+    """``model`` as a ``torch.nn.Module``: itself, or a fitted scikit-learn MLP converted.
+
+    Every public entry point (``invert``, ``preimage``, ``closest``, ``diagnose``, ...)
+    passes its ``model`` through here, so each accepts the same things.
+
+    Raises
+    ------
+    NNInvError
+        If ``model`` is neither a module nor a fitted ``MLPClassifier``/``MLPRegressor``.
+    """
+    if isinstance(model, nn.Module):
+        return model
+    from .sklearn import from_sklearn, is_sklearn_mlp
+
+    if is_sklearn_mlp(model):
+        return from_sklearn(model)
+    raise NNInvError(
+        f"expected a torch.nn.Module or a fitted scikit-learn MLPClassifier/MLPRegressor, "
+        f"got {type(model).__name__}"
+    )
+
+
+def load_model(path: str | os.PathLike[str] | Any) -> nn.Module:
     """Load a saved network as a PyTorch module made of standard layers.
 
     Parameters
     ----------
-    path : str or path-like
+    path : str or path-like, or a fitted scikit-learn MLP
         A Keras 3 archive (``.keras``), a legacy Keras HDF5 file (``.h5``), an
-        ONNX model (``.onnx``) or a TorchScript archive (``torch.jit.save``).
-        The format is recognised from the file's content.
+        ONNX model (``.onnx``), a TorchScript archive (``torch.jit.save``) or a
+        skops file (``.skops``) of a scikit-learn ``MLPClassifier`` or
+        ``MLPRegressor``. The format is recognised from the file's content. A
+        fitted ``MLPClassifier``/``MLPRegressor`` object is converted directly.
 
     Returns
     -------
@@ -77,7 +108,12 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
         it matches the script module within ``1e-6`` on random inputs of its saved
         ``input_shape`` (kept as an attribute) or of a leading ``nn.Linear``; any
         other TorchScript archive comes back as the loaded ``ScriptModule``, opaque
-        to the closed-form methods (``method="optimize"`` takes it).
+        to the closed-form methods (``method="optimize"`` takes it). A
+        scikit-learn MLP comes back as ``nn.Linear`` layers, its activations and its
+        output head (see :func:`nninv.model.io.sklearn.from_sklearn`) in the
+        estimator's own dtype (float64 as a rule), with ``input_shape =
+        (n_features_in_,)``: ``model(x)`` is ``predict_proba(x)`` (classifiers)
+        or ``predict(x)`` as ``(N, n_outputs)`` (regressors).
 
     Raises
     ------
@@ -100,6 +136,14 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
     >>> model.input_shape  # doctest: +SKIP
     (784,)
     """
+    if not isinstance(path, str | os.PathLike):
+        from .sklearn import from_sklearn, is_sklearn_mlp
+
+        if is_sklearn_mlp(path):
+            return from_sklearn(path)
+        raise NNInvError(
+            f"load_model takes a file path or a fitted scikit-learn MLP, got {type(path).__name__}"
+        )
     path = Path(path)
     if not path.exists():
         raise _ModelFileNotFoundError(f"no such model file: '{path}'")
@@ -119,10 +163,11 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
         from ._keras import load_keras_h5
 
         return _guarded(load_keras_h5, path, "Keras HDF5")
-    if _is_pickle(head) or path.suffix.lower() in {".pkl", ".pickle"}:
+    if _is_pickle(head) or path.suffix.lower() in {".pkl", ".pickle", ".joblib"}:
         raise NNInvError(
             f"'{path}' is a Python pickle (torch.save of a whole module or of a "
-            f"state_dict in the legacy format); refusing to load it. {_SAFE_ALTERNATIVES}"
+            f"state_dict in the legacy format, or a pickled or joblib-dumped scikit-learn "
+            f"model); refusing to load it. {_SAFE_ALTERNATIVES}"
         )
     if path.suffix.lower() == ".safetensors" or _is_safetensors(path, head):
         raise NNInvError(
@@ -210,6 +255,10 @@ def _load_zip(path: Path) -> nn.Module:
             f"'{path}' is a damaged zip archive ({e}): the file is corrupt or truncated"
         ) from None
     base = {n.rsplit("/", 1)[-1] for n in names}
+    if "schema.json" in names:
+        from .sklearn import load_skops
+
+        return load_skops(path)
     if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
         from ._keras import load_keras_v3
 
