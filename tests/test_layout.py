@@ -71,6 +71,7 @@ LAYERS = {
     "model": 1,
     "priors": 2,
     "learned": 2,
+    "invertible": 2,
     "methods": 3,
     "geometry": 4,
     "distributed": 4,

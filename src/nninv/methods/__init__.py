@@ -121,4 +121,4 @@ def get_method(name: str) -> Method:
 
 
 # Importing the implementations registers them.
-from . import analytic, decoder, optimize, pinv  # noqa: E402, F401
+from . import analytic, bijective, decoder, optimize, pinv  # noqa: E402, F401

@@ -27,6 +27,7 @@ from ..model.io import as_module
 from ..priors import Prior
 from ..targets import ClassTarget
 from . import Problem, get_method
+from .bijective import is_bijective
 
 #: Default residual tolerance for ``converged``, per dtype.
 DEFAULT_TOL = {torch.float64: 1e-5, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -63,9 +64,12 @@ def invert(
     method : str
         A registered method: ``"pinv"`` (minimum-norm, layer by layer),
         ``"analytic"`` (the prior's conditional mean, layer by layer),
-        ``"optimize"`` (any differentiable model, when installed), or ``"auto"``:
-        ``"analytic"`` with a prior that conditions in closed form on a chain of
-        known layers, ``"pinv"`` without a prior, otherwise ``"optimize"``.
+        ``"optimize"`` (any differentiable model, when installed), ``"bijective"``
+        (the exact inverse of a model invertible by construction, e.g.
+        :class:`nninv.invertible.BijectiveClassifier`), or ``"auto"``:
+        ``"bijective"`` for such a model and an exact target, ``"analytic"`` with a
+        prior that conditions in closed form on a chain of known layers, ``"pinv"``
+        without a prior, otherwise ``"optimize"``.
     prior : Prior, optional
         A prior over inputs, e.g. ``GaussianPrior.fit(X)``.
     tol : float, optional
@@ -186,6 +190,8 @@ def invert(
 
 
 def _auto_method(chain: Any, prior: Prior | None, target: Any) -> str:
+    if is_bijective(chain.model) and not isinstance(target, ClassTarget):
+        return "bijective"
     closed = not chain.unsupported and not isinstance(target, ClassTarget)
     if closed and prior is None:
         return "pinv"

@@ -67,6 +67,11 @@ class Diagnosis:
         Whether every output has at most one input (None: unknown).
     verdict : str
         The diagnosis in words.
+    lipschitz : dict of str to float or None
+        For a model invertible by construction (``bijective = True`` with an
+        ``inverse`` and a ``lipschitz()`` method, e.g.
+        ``nninv.invertible.BijectiveClassifier``): the measured Lipschitz
+        bounds its invertibility rests on, by block; None for other models.
     """
 
     layers: tuple[LayerDiagnosis, ...]
@@ -75,6 +80,7 @@ class Diagnosis:
     preimage_dim: int | None
     injective: bool | None
     verdict: str
+    lipschitz: dict[str, float] | None = None
 
     def table(self) -> str:
         head = [
@@ -302,7 +308,46 @@ def diagnose(
     else:
         injective = None if pre_dim is None or pre_dim == 0 else False
     verdict = _verdict(chain, layers, pre_dim, injective, data is not None)
-    return Diagnosis(layers, chain.input_shape, chain.output_shape, pre_dim, injective, verdict)
+    lip = _bijective_bounds(model)
+    if lip is not None:
+        # invertible by construction (duck-typed: this layer does not import nninv.invertible)
+        injective = True if all(v < 1 for v in lip.values()) else None
+        pre_dim = 0 if injective else pre_dim
+        verdict = _bijective_verdict(chain, lip, injective is True)
+    return Diagnosis(
+        layers, chain.input_shape, chain.output_shape, pre_dim, injective, verdict, lip
+    )
+
+
+def _bijective_bounds(model: nn.Module) -> dict[str, float] | None:
+    if getattr(model, "bijective", False) is not True or not callable(
+        getattr(model, "inverse", None)
+    ):
+        return None
+    lip = getattr(model, "lipschitz", None)
+    return dict(lip()) if callable(lip) else {}
+
+
+def _bijective_verdict(chain: Any, lip: dict[str, float], injective: bool) -> str:
+    n, m = chain.n_in, chain.n_out
+    parts = [
+        f"The model maps {n} inputs to {m} outputs and is invertible by construction "
+        "(bijective = True, with an inverse): it is injective, every output has exactly one "
+        "input, and method='auto' inverts it exactly (method='bijective')."
+    ]
+    if lip:
+        bounds = ", ".join(f"{k}: {v:.4g}" for k, v in lip.items())
+        parts.append(
+            f"Measured Lipschitz bounds of its residual blocks (each must be < 1): {bounds}."
+        )
+    if not injective:
+        parts = [
+            f"The model maps {n} inputs to {m} outputs and claims to be invertible by "
+            "construction, but a residual block's measured Lipschitz bound is >= 1 "
+            f"({', '.join(f'{k}: {v:.4g}' for k, v in lip.items() if v >= 1)}): its inverse "
+            "may not exist or converge, and injectivity is not guaranteed."
+        ]
+    return " ".join(parts)
 
 
 def _run_double(mod: nn.Module, h: Tensor) -> Tensor:

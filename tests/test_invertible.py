@@ -1,0 +1,306 @@
+"""The invertibility battery for nninv.invertible, the bijective method and diagnose's report."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import nninv
+from conftest import EPS
+from nninv import NNInvError, NNInvWarning
+from nninv.invertible import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    BijectiveClassifier,
+    InvConv1x1,
+    InvertibleSequential,
+    IResBlock,
+    Squeeze,
+)
+
+#: Round-trip tolerance per dtype (the issue's targets).
+ROUND_TRIP = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _perturbed(block, seed=0):
+    """The block with every parameter moved off its (often identity) initial value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    for m in block.modules():
+        if isinstance(m, IResBlock):
+            m.tighten()
+    return block.eval()
+
+
+BLOCKS = {
+    "actnorm": (lambda: ActNorm(6), (6,)),
+    "actnorm-image": (lambda: ActNorm(2), (2, 2, 2)),
+    "additive": (lambda: AdditiveCoupling(6, hidden=8), (6,)),
+    "affine": (lambda: AffineCoupling(6, hidden=8), (6,)),
+    "affine-image": (lambda: AffineCoupling(8, hidden=8), (2, 2, 2)),
+    "invconv": (lambda: InvConv1x1(6, seed=1), (6,)),
+    "invconv-image": (lambda: InvConv1x1(3, seed=2), (3, 2, 2)),
+    "squeeze": (lambda: Squeeze(), (1, 2, 4)),
+    "iresnet": (lambda: IResBlock(6, hidden=5, lipschitz=0.9), (6,)),
+    "sequential": (
+        lambda: InvertibleSequential(
+            ActNorm(6), AffineCoupling(6, hidden=8), InvConv1x1(6), IResBlock(6, hidden=4)
+        ),
+        (6,),
+    ),
+}
+
+
+def _block(name, dtype):
+    make, shape = BLOCKS[name]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        b = make()
+    return _perturbed(b.to(dtype)), shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_round_trip(name, dtype):
+    b, shape = _block(name, dtype)
+    x = torch.randn(16, *shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y, logdet = b(x)
+        x2, report = b.inverse(y)
+    assert logdet.shape == (16,) and logdet.dtype == dtype
+    assert x2.shape == x.shape and x2.dtype == dtype
+    assert bool(report.converged.all())
+    assert float((x2 - x).abs().max()) <= ROUND_TRIP[dtype]
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_logdet_matches_autograd_jacobian(name):
+    b, shape = _block(name, torch.float64)
+    x = torch.randn(3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    _, logdet = b(x)
+    for i in range(3):
+        J = torch.autograd.functional.jacobian(lambda v: b(v.unsqueeze(0))[0].reshape(-1), x[i])
+        J = J.reshape(x[i].numel(), x[i].numel())
+        ref = torch.linalg.slogdet(J).logabsdet
+        assert abs(float(logdet[i] - ref)) <= EPS[torch.float64]["close"]
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_forward_and_inverse_logdets_cancel(name):
+    b, shape = _block(name, torch.float64)
+    x = torch.randn(8, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y, logdet = b(x)
+    _, report = b.inverse(y)
+    assert float((logdet + report.logdet).abs().max()) <= EPS[torch.float64]["close"]
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_gradcheck_float64(name):
+    b, shape = _block(name, torch.float64)
+    x = torch.randn(2, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: b(v), (x,), eps=1e-6, atol=1e-6)
+
+
+def test_invconv_starts_as_the_seeded_rotation():
+    g = torch.Generator().manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    w = InvConv1x1(5, seed=7).double().weight()
+    assert float((w - q).abs().max()) <= 1e-6  # the parameters are stored in float32
+
+
+def test_squeeze_moves_2x2_blocks_to_channels():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    y, _ = Squeeze()(x)
+    assert y.shape == (1, 4, 2, 2)
+    assert y[0, :, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]
+
+
+def test_iresnet_fixed_point_against_closed_form():
+    """A 1-D block with a linear g: x + a x = y has the closed form x = y / (1 + a)."""
+    b = IResBlock(1, hidden=1, lipschitz=0.5, tol=1e-14).double().eval()
+    b.normalize = False  # the weights below already have Lip(g) = 0.5
+    with torch.no_grad():
+        b.w1.fill_(1.0)
+        b.w2.fill_(0.5)
+        b.b1.fill_(10.0)  # elu is the identity on the positive side
+        b.b2.fill_(-5.0)
+    y = torch.tensor([[3.0], [-1.0]], dtype=torch.float64)
+    x, report = b.inverse(y)
+    # g(x) = 0.5 (x + 10) - 5 = 0.5 x, so x = y / 1.5 while x + 10 > 0
+    assert torch.allclose(x, y / 1.5, atol=1e-13, rtol=0)
+    assert bool(report.converged.all()) and 30 <= report.iterations_max <= 60
+
+
+def test_iresnet_past_lipschitz_one_reports_instead_of_returning_garbage():
+    b = _perturbed(IResBlock(6, hidden=16, lipschitz=0.9).double())
+    b.normalize = False
+    with torch.no_grad():
+        b.w1.mul_(6.0)
+        b.w2.mul_(6.0)
+    assert b.lipschitz()["g"] > 1
+    y = 5 * torch.randn(64, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(NNInvWarning, match="Lipschitz constant of g is"):
+        x, report = b.inverse(y)
+    assert int((~report.converged).sum()) > 0
+    # whatever is reported converged really is an inverse; the rest is flagged
+    ok = report.converged
+    if bool(ok.any()):
+        yx, _ = b(x[ok])
+        assert float((yx - y[ok]).abs().max()) <= EPS[torch.float64]["close"]
+    # each flagged sample hit the iteration cap or diverged (non-finite residual)
+    capped = report.iterations[~ok] == b.max_iter
+    diverged = ~torch.isfinite(report.residual[~ok])
+    assert bool((capped | diverged).all())
+
+
+def test_iresnet_iteration_cap_is_reported():
+    b = _perturbed(IResBlock(6, hidden=8, lipschitz=0.9, max_iter=2).double())
+    y = torch.randn(10, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    x, report = b.inverse(y)
+    assert report.iterations_max == 2 and not bool(report.converged.all())
+    assert report.n_failed == int((report.residual > 1e-12).sum())
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: ActNorm(3), (2, 4)),
+        (lambda: AffineCoupling(6), (2, 5)),
+        (lambda: InvConv1x1(3), (2, 4, 2, 2)),
+        (lambda: IResBlock(3), (2, 4)),
+        (lambda: Squeeze(), (2, 1, 3, 4)),
+    ],
+)
+def test_wrong_shapes_raise(make, shape):
+    with pytest.raises(NNInvError, match=r"\(2,"):
+        make()(torch.zeros(shape))
+
+
+def test_bad_constructor_arguments_raise():
+    with pytest.raises(NNInvError, match="lipschitz"):
+        IResBlock(4, lipschitz=1.0)
+    with pytest.raises(NNInvError, match="mask"):
+        AffineCoupling(4, mask=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(NNInvError, match="slope"):
+        AffineCoupling(4, slope=2.0)
+    with pytest.raises(NNInvError, match="not an nninv InvertibleBlock"):
+        InvertibleSequential(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+def test_sequential_aggregates_reports():
+    f = InvertibleSequential(IResBlock(4, hidden=4, lipschitz=0.9), IResBlock(4, hidden=4))
+    f = _perturbed(f.double())
+    y = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    _, report = f.inverse(y, check=True)
+    assert len(report.blocks) == 2
+    assert torch.equal(report.iterations, report.blocks[0].iterations + report.blocks[1].iterations)
+    assert report.forward_residual is not None
+    assert float(report.forward_residual.max()) <= EPS[torch.float64]["residual"]
+
+
+# -- the classifier -----------------------------------------------------------------------
+
+
+def _tiny(dtype=torch.float64):
+    return BijectiveClassifier(
+        12, classes=3, couplings=2, hidden=16, iresnet=1, iresnet_hidden=6, seed=0
+    ).to(dtype)
+
+
+def _blobs(n=300, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    centers = 2 * torch.randn(3, d, generator=g)
+    return centers[labels] + 0.5 * torch.randn(n, d, generator=g), labels
+
+
+def test_classifier_trains_and_round_trips(tmp_path):
+    X, labels = _blobs()
+    f = _tiny(torch.float32).fit(X, labels, epochs=5, batch_size=50, lr=3e-3, progress=False)
+    assert f.accuracy(X, labels) >= 0.95
+    assert all(v < 1 for v in f.lipschitz().values())
+    x2, report = f.inverse(f(X).detach())
+    assert bool(report.converged.all()) and float((x2 - X).abs().max()) <= 1e-4
+    path = f.save(tmp_path / "bij.safetensors")
+    g = BijectiveClassifier.load(path)
+    assert torch.equal(g(X), f(X))
+
+
+def test_classifier_load_rejects_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    p = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(p), metadata={"format": "something"})
+    with pytest.raises(NNInvError, match="not an nninv BijectiveClassifier"):
+        BijectiveClassifier.load(p)
+    with pytest.raises(NNInvError, match="does not exist"):
+        BijectiveClassifier.load(tmp_path / "missing.safetensors")
+
+
+def test_auto_picks_the_exact_inverse():
+    f = _perturbed(_tiny())
+    x = torch.randn(7, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    inv = nninv.invert(f, f(x).detach())
+    assert inv.method == "bijective"
+    assert bool(inv.converged.all())
+    assert float(inv.residual.max()) <= EPS[torch.float64]["residual"]
+    assert float((inv.x - x).abs().max()) <= ROUND_TRIP[torch.float64]
+    assert inv.info["inverse_report"].iterations_max > 0
+
+
+def test_bijective_method_reports_a_failed_inverse():
+    f = _perturbed(_tiny())
+    f.flow.blocks[-1].max_iter = 1
+    x = torch.randn(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NNInvWarning)
+        inv = nninv.invert(f, f(x).detach(), method="bijective")
+    assert not bool(inv.converged.any())
+    assert all("did not converge" in r for r in inv.info["reasons"])
+
+
+def test_bijective_method_rejects_other_models():
+    lin = torch.nn.Linear(4, 4).double()
+    with pytest.raises(NNInvError, match="bijective = True"):
+        nninv.invert(lin, torch.zeros(1, 4, dtype=torch.float64), method="bijective")
+
+
+def test_metamers_keep_the_logits_and_change_the_image():
+    f = _perturbed(_tiny())
+    X, _ = _blobs(6)
+    X = X.double()
+    m, report = f.metamers(X[:3], X[3:])
+    assert bool(report.converged.all())
+    la, lm = f.logits(X[:3]), f.logits(m)
+    assert float((la - lm).abs().max()) <= EPS[torch.float64]["close"]
+    assert float((m - X[:3]).abs().max()) > 0.1
+    zb, zm = f(X[3:])[:, 3:], f(m)[:, 3:]
+    assert float((zb - zm).abs().max()) <= EPS[torch.float64]["close"]
+
+
+def test_preimage_samples_share_one_output():
+    f = _perturbed(_tiny())
+    X, labels = _blobs()
+    f.fit_z(X.double(), labels)
+    logits = torch.tensor([3.0, -1.0, 0.5], dtype=torch.float64)
+    xs, report = f.preimage_samples(logits, 5, generator=torch.Generator().manual_seed(11))
+    assert bool(report.converged.all()) and xs.shape == (5, 12)
+    assert float((f.logits(xs) - logits).abs().max()) <= EPS[torch.float64]["close"]
+    assert float(torch.pdist(xs).min()) > 0.1
+    with pytest.raises(NNInvError, match="fit_z"):
+        _tiny().sample_z(2)
+
+
+def test_diagnose_reports_injective_with_lipschitz_bounds():
+    f = _perturbed(_tiny())
+    d = nninv.diagnose(f)
+    assert d.injective is True and d.preimage_dim == 0
+    assert d.lipschitz is not None and set(d.lipschitz) == {"5.g"}
+    assert all(0 < v < 1 for v in d.lipschitz.values())
+    assert "invertible by construction" in d.verdict and "5.g" in d.verdict
