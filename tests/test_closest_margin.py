@@ -176,3 +176,32 @@ def test_margin_option_is_checked():
     for bad in (-1e-3, float("nan"), float("inf")):
         with pytest.raises(nninv.NNInvError, match="margin"):
             nninv.closest(f, x0.float(), ClassTarget(c), margin=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_project_is_confirmed_by_the_model_in_its_dtype(dtype):
+    f = relu_net([20, 16, 3], 0, dtype)
+    x0, _ = query(f, 20, 0)
+    with torch.no_grad():
+        y = f(x0.to(dtype))
+    pre = nninv.preimage(f, y, bounds=(0.0, 1.0), around=x0.to(dtype))
+    g = torch.Generator().manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = pre.project(torch.rand(3, 20, generator=g, dtype=torch.float64))
+    assert pre.info["project_unconfirmed"] == []
+    with torch.no_grad():
+        out = f(x.to(dtype)).double()
+    tol = 1e-4 if dtype == torch.float32 else 1e-6
+    assert (out - y.double()).abs().max() <= tol
+
+
+def test_invert_class_target_converged_only_in_class():
+    f = relu_net([20, 16, 3], 1, torch.float32)
+    x0, c = query(f, 20, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inv = nninv.invert(f, ClassTarget([c, c]), method="optimize")
+    for x, ok in zip(inv.x, inv.converged.tolist()):
+        if ok:
+            assert in_class(f, x[None], c)

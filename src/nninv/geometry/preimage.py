@@ -36,6 +36,7 @@ __all__ = ["Extent", "Preimage", "Samples", "preimage"]
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
+from .._errors import NNInvError, NNInvWarning
 from ..model._chain import Chain, analyse, eval_mode
 from ..model._outputs import as_output, check_range, class_shortfall
 from ..model.io import as_module
@@ -111,9 +112,11 @@ class Preimage:
         member: Tensor | None = None,
         reason: str | None = None,
         info: dict[str, Any] | None = None,
+        native: nn.Module | None = None,
     ) -> None:
         self.kind = kind
         self._model = model
+        self._native = native
         self._chain = chain
         self.input_shape = chain.input_shape
         self._target = target
@@ -234,7 +237,14 @@ class Preimage:
         Returns
         -------
         Tensor
-            ``(N, *input_shape)`` float64.
+            ``(N, *input_shape)`` float64. Each row is also checked by running
+            the caller's model in its own dtype (float32 included): the
+            target's class wins (a class target), or the output is within the
+            dtype's tolerance of the target (``1e-4`` relative in float32,
+            ``1e-6`` in float64). The rows that fail are listed in
+            ``info["project_unconfirmed"]``, with a warning (a class target's
+            projection lies on the boundary, where float32 may answer a rival;
+            :func:`nninv.closest` solves with a margin instead).
 
         Raises
         ------
@@ -268,7 +278,37 @@ class Preimage:
                         f"could not reach the preimage from input {i} (residual {err:.2e})"
                     )
                 out[i] = x
-        return out.reshape(-1, *self.input_shape)
+        out = out.reshape(-1, *self.input_shape)
+        self._confirm(out)
+        return out
+
+    def _confirm(self, X: Tensor) -> None:
+        """Run the caller's model, in its dtype, on ``X``; warn about rows it refuses."""
+        self.info["project_unconfirmed"] = []
+        if self._native is None:
+            return
+        ref = next((t for t in (*self._native.parameters(), *self._native.buffers())), None)
+        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float64
+        device = ref.device if ref is not None else torch.device("cpu")
+        with torch.no_grad(), eval_mode(self._native):
+            out = self._native(X.to(device, dtype)).reshape(X.shape[0], -1)
+        out = out.to("cpu", torch.float64)
+        t = self._target
+        if isinstance(t, ClassTarget):
+            lab = ClassTarget(t.labels.expand(X.shape[0]).clone())
+            ok = class_shortfall(lab, out) == 0
+        else:
+            tol = 1e-6 if dtype == torch.float64 else 1e-4
+            ok = (out - t).abs().amax(1) <= tol * max(1.0, float(t.abs().max()))
+        bad = (~ok).nonzero().flatten().tolist()
+        self.info["project_unconfirmed"] = bad
+        if bad:
+            warnings.warn(
+                f"{len(bad)} of {X.shape[0]} projections are not confirmed by the model "
+                f"run in {str(dtype).replace('torch.', '')} (first: row {bad[0]})",
+                NNInvWarning,
+                stacklevel=3,
+            )
 
     def extent(self, direction: Any) -> Extent:
         """The range of ``w . x`` over the set (two LPs with HiGHS).
@@ -683,7 +723,14 @@ def preimage(
         cons = exact_output(chain, yf[0])
     core = cons.core
     form = core_kind(core)
-    common: dict[str, Any] = {"model": model64, "chain": chain, "target": tgt, "lo": lo, "hi": hi}
+    common: dict[str, Any] = {
+        "model": model64,
+        "chain": chain,
+        "target": tgt,
+        "lo": lo,
+        "hi": hi,
+        "native": model,
+    }
 
     if form == "linear":
         A, b = core[0].matrix(_F64)
