@@ -83,3 +83,15 @@ def test_reshape_layer_and_input_shape_attribute():
 def test_negative_slope_leaky_is_unsupported():
     c = analyse(nn.Sequential(nn.Linear(3, 3), nn.LeakyReLU(-0.5)))
     assert isinstance(c.steps[1], Unsupported)
+
+
+def test_eval_mode_restores_each_submodules_own_mode():
+    from nninv.model._chain import eval_mode
+
+    frozen = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5)).eval()
+    outer = nn.Sequential(frozen, nn.Linear(3, 2))  # a train-mode container around it
+    assert outer.training and not frozen.training
+    with eval_mode(outer):
+        assert not any(m.training for m in outer.modules())
+    assert outer.training and outer[1].training
+    assert not any(m.training for m in frozen.modules())  # not switched to train mode

@@ -92,6 +92,7 @@ from .._errors import NNInvError
 from ..targets import ClassTarget
 from . import Problem, Solution, register
 from ._augmented_lagrangian import _AugmentedLagrangian, _progress_bar, _Track
+from ._coarse import coarse_problem
 
 # CLASS_MARGIN, the margin a class target aims beyond its threshold, is defined with
 # the constraint that uses it and re-exported here with the method's other constants
@@ -123,6 +124,7 @@ _OPTIONS: dict[str, Any] = {
     "precision": "mixed",
     "polish": 2,
     "whiten_rank": None,
+    "coarse": None,
 }
 
 
@@ -187,6 +189,17 @@ def invert_optimize(problem: Problem) -> Solution:
         covariance. Default None: 128 for inputs of at least 512 values, else 0.
         The projection and polish always use the full covariance. The
         eigen-decomposition is computed on first use and kept with the prior.
+    coarse : int or (int, int), optional
+        For image inputs ``(C, H, W)`` or ``(H, W)``: first solve over ``(h, w)``
+        images seen through a bilinear upsampling (the model run on ``up(u)``, the
+        prior scored on ``up(u)``, ``x0`` and tensor bounds area-averaged), then
+        start the full-resolution search from the upsampled answers
+        (coarse-to-fine; see :mod:`._coarse`). Worth it for priors without data,
+        such as :class:`~nninv.priors.BatchNormPrior`, which cannot rule out
+        pixel-level patterns by themselves. The coarse stage's answers are only
+        starts: what is returned is judged at full resolution. ``info["coarse"]``
+        holds that stage's converged count and seconds. Default None: no coarse
+        stage.
 
     Examples
     --------
@@ -209,6 +222,19 @@ def invert_optimize(problem: Problem) -> Solution:
 def _invert(problem: Problem) -> Solution:
     opts = problem.take_options(**_OPTIONS)
     t_start = time.perf_counter()
+    coarse_info = None
+    if opts["coarse"] is not None:
+        # coarse-to-fine: the answers over coarse images, upsampled, are the starts
+        fine = {k: v for k, v in problem.options.items() if k != "coarse"}
+        sub, up = coarse_problem(problem, opts["coarse"], fine)
+        rough = _invert(sub)
+        with torch.no_grad():
+            opts["x0"] = up(rough.x)
+        coarse_info = {
+            "shape": sub.input_shape,
+            "converged": int(rough.ok.sum()) if rough.ok is not None else problem.n,
+            "seconds": rough.info["seconds"],
+        }
     dtype, device = problem.dtype, problem.device
     N = problem.n
     restarts = _positive_int(opts["restarts"], "restarts")
@@ -323,6 +349,8 @@ def _invert(problem: Problem) -> Solution:
     }
     if comp is not None:
         info["components"] = comp[best]
+    if coarse_info is not None:
+        info["coarse"] = coarse_info
     iterations = int(track.iterations[best].max())
     return Solution(xs, iterations, ok[best], [reasons[i] for i in best.tolist()], info)
 

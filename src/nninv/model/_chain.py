@@ -520,10 +520,16 @@ def _build(model: nn.Module, shape: tuple[int, ...], max_dense: int) -> Chain:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put ``model`` in eval mode (Dropout off, BatchNorm running stats)."""
-    was = model.training
+    """Temporarily put ``model`` in eval mode (Dropout off, BatchNorm running stats).
+
+    Each submodule's own mode is restored after, so a model whose parts were in
+    different modes (a container in train mode around a frozen, eval-mode
+    network) comes back exactly as it was.
+    """
+    was = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was)
+        for m, mode in was:
+            m.training = mode
