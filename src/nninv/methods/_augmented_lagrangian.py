@@ -44,17 +44,23 @@ class _Track:
 
 
 def _progress_bar(progress: bool | None) -> Any:
+    import sys
+
     from tqdm.auto import tqdm
 
     if progress is not None and not isinstance(progress, bool):
         raise NNInvError(f"option progress must be True, False or None, got {progress!r}")
-    # None: appears only if the run is still going after a few seconds
+    # None: appears only if the run is still going after a few seconds. On a terminal
+    # the bar is erased when done; in a log it ends as one final line with its newline,
+    # redrawn at most every 10 s in between.
+    tty = sys.stderr.isatty()
     return tqdm(
         desc="nninv optimize",
         unit="it",
         delay=0 if progress else 3.0,
         disable=progress is False,
-        leave=False,
+        leave=not tty,
+        mininterval=0.1 if tty else 10.0,
     )
 
 
@@ -212,7 +218,10 @@ class _AugmentedLagrangian:
             spent = self.iterations[idx] - start_iters[idx] >= max_iter
             active[idx[finished | stalled | spent]] = False
             self.bar.update(int(its.max()))
-            self.bar.set_postfix(active=int(active.sum()), violation=f"{float(feas.max()):.1e}")
+            # refresh=False: the bar redraws on its own clock (and not before its delay)
+            self.bar.set_postfix(
+                active=int(active.sum()), violation=f"{float(feas.max()):.1e}", refresh=False
+            )
 
 
 def _lbfgs(
