@@ -229,7 +229,12 @@ def test_invert_onnx(onnx_mlp, tmp_path):
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (5, 12) and x.dtype == np.float32
     assert np.abs(onnx_mlp["predict"](x) - onnx_mlp["Y"]).max() <= AGREE
-    assert not (tmp_path / "x.png").exists()  # 12 values are no image
+    # 12 values are no image: heat strips of the features, sized to them
+    from PIL import Image
+
+    with Image.open(tmp_path / "x.png") as im:
+        w, h = im.size
+    assert 400 <= w <= 700 and 150 <= h <= 400, (w, h)
 
 
 def test_invert_class_target_with_bounds(onnx_mlp, tmp_path):
@@ -332,7 +337,10 @@ ERRORS = {
     "missing model": (["{dir}/nowhere.keras", "--outputs", "{Y}"], r"nowhere\.keras"),
     "truncated model": (["{bad}/cut.keras", "--outputs", "{Y}"], r"cut\.keras.*corrupt"),
     "wrong width": (["{model}", "--outputs", "{bad}/Y9.npy"], r"Y9\.npy.*\(20, 9\).*\(N, 10\)"),
-    "nan": (["{model}", "--outputs", "{bad}/Ynan.npy"], r"Ynan\.npy.*holds nan at index \(3, 7\)"),
+    "nan": (
+        ["{model}", "--outputs", "{bad}/Ynan.npy"],
+        r"error: --outputs \S*Ynan\.npy: row 3 contains NaN \(at index \(3, 7\)",
+    ),
     "pickle": (["{model}", "--outputs", "{bad}/Ypkl.npy"], r"Ypkl\.npy.*is a Python pickle"),
     "object array": (["{model}", "--outputs", "{bad}/Yobj.npy"], r"Yobj\.npy.*pickled"),
     "strings": (["{model}", "--outputs", "{bad}/Ystr.npy"], r"Ystr\.npy.*dtype <U1"),

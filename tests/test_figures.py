@@ -10,7 +10,7 @@ import torch
 from matplotlib.image import imread
 
 from nninv._errors import NNInvError
-from nninv.figures import is_image_shape, save_grid
+from nninv.figures import is_image_shape, save_grid, save_vectors
 
 
 def digits(n: int, side: int = 28) -> torch.Tensor:
@@ -124,3 +124,88 @@ def test_save_grid_errors(tmp_path, rows, kwargs, match):
 def test_is_image_shape(shape, expected):
     assert is_image_shape(shape) is expected
     assert is_image_shape(torch.Size(shape)) is expected
+
+
+#: The issue's closest.png title, once cut at both edges of a 500 px figure.
+LONG_TITLE = (
+    "closest input of the target class (linf); difference: grey = 0, scaled per image and "
+    "shown for every one of the inputs given"
+)
+
+
+def _title_band(img: np.ndarray) -> np.ndarray:
+    """Rows above the first image or panel (a dark run of 40 px): where the title is drawn."""
+    dark = img.mean(axis=2) < 0.5
+    runs = np.zeros(dark.shape[0], dtype=int)
+    for r, row in enumerate(dark):
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], row.astype(int), [0]])))
+        runs[r] = int((edges[1::2] - edges[::2]).max()) if len(edges) else 0
+    first_cell = int(np.argmax(runs >= 40))
+    return dark[:first_cell]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_title_fits_the_figure(tmp_path, n):
+    img = read_png(save_grid({"x": digits(n, 8)}, tmp_path / "t.png", title=LONG_TITLE))
+    band = _title_band(img)
+    assert band.any(), "no title drawn"
+    # no ink in the outer 4 px: the text is inside the figure, not cut at its edges
+    assert not band[:, :4].any() and not band[:, -4:].any()
+    # the title is wrapped rather than widened without limit
+    assert img.shape[1] <= 720
+
+
+def test_width_follows_the_samples_shown(tmp_path):
+    two = read_png(save_grid({"#0": digits(2)}, tmp_path / "two.png", ncols=10))
+    ten = read_png(save_grid({"#0": digits(10)}, tmp_path / "ten.png", ncols=10))
+    # two samples: two cells and the label, not ten cells with eight blank
+    assert two.shape[1] <= 320 and ten.shape[1] >= 1000
+    # no blank half: ink reaches into the right third of the figure
+    ink = (two.mean(axis=2) > 0.5).any(axis=0)
+    assert ink[2 * two.shape[1] // 3 :].any()
+
+
+def test_save_vectors_heat_strips(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    rows = {
+        "x0": torch.rand(1, 30, generator=gen),
+        "found": torch.rand(5, 30, generator=gen),
+        "difference": torch.randn(5, 30, generator=gen),
+    }
+    out = save_vectors(
+        rows,
+        tmp_path / "v",
+        title=LONG_TITLE,
+        diverging=["difference"],
+        feature_names=[f"feature {i}" for i in range(30)],
+    )
+    assert out == tmp_path / "v.png"
+    img = read_png(out)
+    h, w = img.shape[:2]
+    # 30 features across, 11 sample lines in three panels: not a 28x28 grid of cells
+    assert 500 <= w <= 900 and 350 <= h <= 800, (w, h)
+    band = _title_band(img)
+    assert not band[:, :4].any() and not band[:, -4:].any()
+    # the diverging panel is red and blue, the shared one viridis (green-yellow-purple)
+    red = (img[..., 0] > 0.6) & (img[..., 2] < 0.4) & (img[..., 1] < 0.4)
+    blue = (img[..., 2] > 0.6) & (img[..., 0] < 0.4)
+    assert red.sum() > 200 and blue.sum() > 200
+    wider = read_png(save_vectors({"x": torch.rand(3, 60, generator=gen)}, tmp_path / "w.png"))
+    assert wider.shape[1] > read_png(save_vectors({"x": rows["x0"]}, tmp_path / "n.png")).shape[1]
+
+
+@pytest.mark.parametrize(
+    ("rows", "kwargs", "match"),
+    [
+        ({}, {}, "no rows given"),
+        ({"a": torch.zeros(30)}, {}, r"row 'a': expected a batch"),
+        ({"a": torch.zeros(2, 30), "b": torch.zeros(2, 29)}, {}, "differ in their number"),
+        ({"a": torch.zeros(2, 30)}, {"diverging": ["b"]}, r"rows that do not exist: \['b'\]"),
+        ({"a": torch.zeros(2, 3)}, {"feature_names": ["u", "v"]}, "2 feature names for 3"),
+        ({"a": torch.zeros(2, 3)}, {"vmin": 1.0, "vmax": 0.0}, "need vmin < vmax"),
+    ],
+)
+def test_save_vectors_errors(tmp_path, rows, kwargs, match):
+    with pytest.raises(NNInvError, match=match):
+        save_vectors(rows, tmp_path / "e.png", **kwargs)
+    assert not (tmp_path / "e.png").exists()

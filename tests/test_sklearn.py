@@ -173,7 +173,7 @@ def test_every_entry_point_takes_the_estimator(digits, classifier):
     assert d.input_shape == (64,) and d.output_shape == (10,)
 
     label = int(classifier.predict(X[:1])[0] + 1) % 10
-    res = nninv.closest(nninv.load_model(classifier), x[:1], ClassTarget(label), norm="linf")
+    res = nninv.closest(classifier, x[:1], ClassTarget(label), norm="linf")
     assert res.status == "optimal"
     assert classifier.predict(res.x.reshape(1, -1).numpy())[0] == label
 

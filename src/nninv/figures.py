@@ -1,15 +1,21 @@
-"""Figures of image batches: one labelled row per batch, written to a PNG file.
+"""Figures of batches of inputs: one labelled row per batch, written to a PNG file.
 
-Uses matplotlib's object interface with the Agg canvas, never ``pyplot``, so
-making a figure neither opens a window nor changes the user's backend.
+:func:`save_grid` shows samples that are images (``(H, W)``, ``(C, H, W)``,
+square flat vectors) as a grid of images; :func:`save_vectors` shows any other
+samples (tabular features, short vectors) as heat strips, one row of colour
+per sample, features along the horizontal axis. Both size the figure to its
+contents and its title (a long title is wrapped, never cut). Uses matplotlib's
+object interface with the Agg canvas, never ``pyplot``, so making a figure
+neither opens a window nor changes the user's backend.
 """
 
 from __future__ import annotations
 
-__all__ = ["is_image_shape", "save_grid"]
+__all__ = ["is_image_shape", "save_grid", "save_vectors"]
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +29,25 @@ from ._errors import NNInvError
 
 _CELL_INCHES = 1.0
 _DPI = 100
+#: A figure narrower than this is widened (up to it) to fit its title before wrapping.
+_TITLE_INCHES = 7.0
+
+
+def _fit_title(fig: Figure, title: str) -> None:
+    """Put ``title`` above ``fig``, widening a narrow figure or wrapping the text to fit."""
+    text = fig.suptitle(title)
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    width, height = fig.get_size_inches()
+    need = text.get_window_extent(renderer).width / fig.dpi + 0.3
+    if need > width:
+        width = max(width, min(need, _TITLE_INCHES))
+    lines = 1
+    if need > width:
+        chars = max(10, int(len(title) * (width - 0.3) / (need - 0.3)))
+        wrapped = textwrap.wrap(title, chars)
+        lines = len(wrapped)
+        text.set_text("\n".join(wrapped))
+    fig.set_size_inches(width, height + 0.22 * (lines - 1))
 
 
 def is_image_shape(shape: Sequence[int]) -> bool:
@@ -185,15 +210,21 @@ def save_grid(
         cmap = cmap.with_extremes(under="tab:blue", over="tab:red")
     # Each row as tall as its images are relative to their width.
     heights = [batch.shape[1] / batch.shape[2] for batch in images.values()]
+    # The width follows the columns actually used and the longest row label.
+    used = min(ncols, max(len(batch) for batch in images.values()))
+    label_inches = 0.1 + 0.075 * max(len(label) for label in images)
     fig = Figure(
-        figsize=(_CELL_INCHES * (ncols + 1), _CELL_INCHES * (sum(heights) + 0.4 * bool(title))),
+        figsize=(
+            _CELL_INCHES * used + label_inches + 0.2,
+            _CELL_INCHES * (sum(heights) + 0.4 * bool(title)),
+        ),
         dpi=_DPI,
         layout="constrained",
     )
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(images), ncols, squeeze=False, gridspec_kw={"height_ratios": heights})
+    axes = fig.subplots(len(images), used, squeeze=False, gridspec_kw={"height_ratios": heights})
     for r, (label, batch) in enumerate(images.items()):
-        for j in range(ncols):
+        for j in range(used):
             ax = axes[r, j]
             ax.set_xticks([])
             ax.set_yticks([])
@@ -210,11 +241,150 @@ def save_grid(
                     ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
     if title:
-        fig.suptitle(title)
+        _fit_title(fig, title)
+    return _save(fig, path)
 
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def save_vectors(
+    rows: Mapping[str, Tensor | np.ndarray],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    diverging: Sequence[str] = (),
+    feature_names: Sequence[str] | None = None,
+) -> Path:
+    """Save batches of vectors (samples that are not images) as labelled heat strips.
+
+    Each row of the mapping becomes one panel: an ``(N, D)`` strip with one line
+    of colour per sample and the ``D`` features along the horizontal axis,
+    sized to ``N`` and ``D`` (a 30-feature tabular input and an 8x8 digit read
+    as 64 values alike). Panels share one colour scale, shown by a colour bar;
+    rows named in ``diverging`` (differences) get their own scale, symmetric
+    about 0 (blue below, red above).
+
+    Parameters
+    ----------
+    rows : mapping of str to Tensor or numpy.ndarray
+        Row label to batch ``(N, ...)``; every sample is flattened and all rows
+        must have the same number of features ``D``.
+    path : str or path-like
+        Output file (``.png`` added without a suffix); parent folders are created.
+    title : str, optional
+        Title above the panels (wrapped to the figure's width).
+    vmin, vmax : float, optional
+        Ends of the shared colour scale; default the range of the values shown.
+    diverging : sequence of str
+        Labels of rows drawn on a scale symmetric about 0.
+    feature_names : sequence of str, optional
+        Names for the horizontal axis (used as tick labels when ``D <= 40``).
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    NNInvError
+        If ``rows`` is empty, a batch is not ``(N, ...)`` with ``N >= 1``, the
+        rows differ in ``D``, ``vmin >= vmax``, ``feature_names`` has the wrong
+        length, or a name in ``diverging`` is not a row.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> out = save_vectors(
+    ...     {"x0": torch.rand(1, 30), "found": torch.rand(4, 30)},
+    ...     Path(tempfile.mkdtemp()) / "vectors.png",
+    ...     title="tabular inversion",
+    ... )
+    >>> out.suffix
+    '.png'
+    """
+    if not rows:
+        raise NNInvError("save_vectors: no rows given")
+    strips: dict[str, np.ndarray] = {}
+    for label, value in rows.items():
+        arr = _to_numpy(value).astype(np.float64, copy=False)
+        if arr.ndim < 2 or arr.shape[0] < 1:
+            raise NNInvError(
+                f"save_vectors: row {label!r}: expected a batch (N, ...) with N >= 1, got "
+                f"shape {arr.shape}"
+            )
+        strips[str(label)] = arr.reshape(arr.shape[0], -1)
+    dims = {label: strip.shape[1] for label, strip in strips.items()}
+    if len(set(dims.values())) != 1:
+        raise NNInvError(f"save_vectors: rows differ in their number of features: {dims}")
+    d = next(iter(dims.values()))
+    unknown = [name for name in diverging if name not in strips]
+    if unknown:
+        raise NNInvError(f"save_vectors: diverging names rows that do not exist: {unknown}")
+    if feature_names is not None and len(feature_names) != d:
+        raise NNInvError(f"save_vectors: {len(feature_names)} feature names for {d} features")
+    shared = [s for label, s in strips.items() if label not in diverging]
+    values = np.concatenate([s.ravel() for s in shared]) if shared else np.zeros(1)
+    finite = values[np.isfinite(values)]
+    lo = float(finite.min()) if vmin is None and finite.size else (vmin or 0.0)
+    hi = float(finite.max()) if vmax is None and finite.size else (vmax or 1.0)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise NNInvError(f"save_vectors: need vmin < vmax, got vmin={vmin}, vmax={vmax}")
+    if not lo < hi:
+        lo, hi = lo - 0.5, hi + 0.5
+
+    heights = [0.35 + 0.18 * len(s) for s in strips.values()]
+    named = feature_names is not None and d <= 40
+    label_inches = 0.2 + 0.075 * max(len(label) for label in strips)
+    width = min(12.0, max(4.5, 0.16 * d + label_inches + 1.2))
+    fig = Figure(
+        figsize=(width, sum(heights) + 0.5 + 0.4 * bool(title) + 0.6 * named),
+        dpi=_DPI,
+        layout="constrained",
+    )
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(strips), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
+    shared_image = None
+    for r, (label, strip) in enumerate(strips.items()):
+        ax = axes[r, 0]
+        if label in diverging:
+            m = float(np.nanmax(np.abs(strip))) if np.isfinite(strip).any() else 0.0
+            m = m if m > 0 else 1.0
+            im = ax.imshow(
+                strip, cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto", interpolation="nearest"
+            )
+            fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04)
+        else:
+            shared_image = ax.imshow(
+                strip, cmap="viridis", vmin=lo, vmax=hi, aspect="auto", interpolation="nearest"
+            )
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", labelpad=8)
+        ax.set_yticks(range(len(strip)) if len(strip) <= 12 else [])
+        if r < len(strips) - 1:
+            ax.set_xticks([])
+    bottom = axes[-1, 0]
+    if named:
+        assert feature_names is not None
+        bottom.set_xticks(range(d), [str(n) for n in feature_names], rotation=90, fontsize=7)
+    else:
+        bottom.set_xlabel(f"feature (0 .. {d - 1})")
+    if shared_image is not None:
+        fig.colorbar(
+            shared_image,
+            ax=[axes[r, 0] for r, lab in enumerate(strips) if lab not in diverging],
+            pad=0.01,
+            fraction=0.04,
+            aspect=30,
+        )
+    if title:
+        _fit_title(fig, title)
+    return _save(fig, path)

@@ -10,14 +10,17 @@ from __future__ import annotations
 __all__ = [
     "analyse_model",
     "fit_to_shape",
+    "image_view",
     "load_array",
     "load_training_data",
     "parse_pair",
     "parse_shape",
+    "save_samples",
 ]
 
 import math
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from torch import nn
 from .._errors import NNInvError
 
 
-def load_array(path: str | Path, what: str) -> np.ndarray:
+def load_array(path: str | Path, what: str, option: str | None = None) -> np.ndarray:
     """Read a real-valued array from a ``.npy`` file (or a ``.npz`` holding one array).
 
     Parameters
@@ -35,6 +38,10 @@ def load_array(path: str | Path, what: str) -> np.ndarray:
     path : str or Path
     what : str
         What the array is, for messages (``"outputs"``, ``"prior data"``).
+    option : str, optional
+        The command-line option that named the file (``"--input"``): a message
+        about the values starts with it and the file, ``--input x.npy: row 0
+        contains NaN ...``.
 
     Raises
     ------
@@ -99,9 +106,14 @@ def load_array(path: str | Path, what: str) -> np.ndarray:
     if arr.size == 0:
         raise NNInvError(f"{what} file '{path}' holds no samples (shape {arr.shape})")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        bad = ~np.isfinite(arr)
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = arr[where]
+        kind = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+        head = f"{option} {path}" if option is not None else f"{what} file '{path}'"
         raise NNInvError(
-            f"{what} file '{path}' holds {arr[where]} at index {where}; expected finite numbers"
+            f"{head}: row {where[0]} contains {kind} (at index {where}; {int(bad.sum())} "
+            "value(s) are not finite); expected finite numbers"
         )
     return arr
 
@@ -202,3 +214,79 @@ def load_training_data(
             f"data file '{data_path}' holds {X.shape[0]} samples; need at least {least}"
         )
     return model, chain, X
+
+
+def image_view(x: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """``x`` (N, *shape) as images :func:`~nninv.figures.save_grid` can show, or None."""
+    from ..figures import is_image_shape
+
+    if is_image_shape(shape):
+        if len(shape) == 1:
+            side = math.isqrt(shape[0])
+            return x, (side, side)
+        return x, shape
+    # Keras lays images out channels-last, (H, W, C): show them channels-first.
+    if len(shape) == 3 and shape[-1] in (1, 3) and min(shape[:2]) >= 4:
+        h, w, c = shape
+        x = np.moveaxis(x.reshape(-1, h, w, c), -1, 1)
+        return (x[:, 0], (h, w)) if c == 1 else (x, (c, h, w))
+    return None
+
+
+def save_samples(
+    rows: Mapping[str, Any],
+    path: Path,
+    shape: tuple[int, ...],
+    *,
+    title: str,
+    value_range: tuple[float, float] | None = None,
+    ncols: int | None = None,
+    diverging: Sequence[str] = (),
+) -> Path:
+    """Save rows of inputs shaped ``(N, *shape)`` as a figure fitted to that shape.
+
+    Images (``(H, W)``, ``(C, H, W)``, channels-last, square flat vectors such as
+    8x8 digits) go to :func:`~nninv.figures.save_grid` on ``value_range`` (or the
+    range of the values shown); anything else (tabular features) to
+    :func:`~nninv.figures.save_vectors` as heat strips, with the rows named in
+    ``diverging`` on their own scale about 0. Rows named in ``diverging`` are
+    differences: as images they are drawn grey at 0, scaled per image.
+    """
+    from ..figures import save_grid, save_vectors
+
+    arrays = {
+        k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+        for k, v in rows.items()
+    }
+    arrays = {k: v.reshape(len(v), *shape) for k, v in arrays.items()}
+    views = {k: image_view(v, shape) for k, v in arrays.items()}
+    if any(v is None for v in views.values()):
+        return save_vectors(
+            arrays,
+            path,
+            title=title,
+            diverging=diverging,
+            vmin=value_range[0] if value_range else None,
+            vmax=value_range[1] if value_range else None,
+        )
+    images: dict[str, np.ndarray] = {}
+    image_shape: tuple[int, ...] = ()
+    for k, view in views.items():
+        assert view is not None
+        images[k], image_shape = view
+    shown = [v for k, v in images.items() if k not in diverging]
+    if value_range is None:
+        finite = np.concatenate([v.ravel() for v in shown])
+        finite = finite[np.isfinite(finite)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if not lo < hi:
+            lo, hi = lo - 0.5, hi + 0.5
+    else:
+        lo, hi = value_range
+    for k in diverging:
+        d = images[k].reshape(len(images[k]), -1)
+        scale = np.maximum(np.abs(d).max(1, keepdims=True), 1e-12)
+        images[k] = (lo + (hi - lo) * (0.5 + 0.5 * d / scale)).reshape(images[k].shape)
+    return save_grid(
+        images, path, ncols=ncols, image_shape=image_shape, title=title, vmin=lo, vmax=hi
+    )

@@ -19,7 +19,15 @@ import numpy as np
 import torch
 
 from .._errors import NNInvError
-from ._common import fit_to_shape, load_array, parse_pair
+from ._common import (
+    analyse_model,
+    fit_to_shape,
+    image_view,
+    load_array,
+    parse_pair,
+    parse_shape,
+    save_samples,
+)
 
 _DESCRIPTION = """\
 For each input x0, find the input x nearest to it (in --norm) that the model
@@ -29,7 +37,15 @@ OUT/closest.npy of the inputs found (NaN where none exists).
 
 Without MODEL, a 784-128-10 ReLU network is trained for a few seconds on the
 embedded MNIST digits and the first --count held-out digits are used. With
-MODEL (Keras, ONNX or TorchScript), give the inputs with --input X.npy.
+MODEL (Keras, ONNX, TorchScript or a scikit-learn MLP in a .skops file), give
+the inputs with --input X.npy (and --input-shape when the file does not tell
+it). Images (28x28, 8x8, ...) are drawn as images, other inputs (tabular
+features) as heat strips.
+
+distance is that of the input returned, which the model (run in its own dtype)
+puts in the target class; bound is a proven lower bound on the distance of
+every such input (the infimum, on the decision boundary); for optimal answers
+distance <= bound * (1 + 1e-4) + 1e-6.
 
 Status per input: optimal (exact minimum), infeasible (proven: nothing within
 --eps), time_limit (best found, with the solver's bound), heuristic (no proof).
@@ -55,6 +71,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "model", nargs="?", metavar="MODEL", help="model file (default: train a ReLU MLP)"
     )
     parser.add_argument("--input", metavar="X.npy", help="with MODEL: the inputs x0")
+    parser.add_argument(
+        "--input-shape",
+        metavar="C,H,W",
+        help="with MODEL: its input shape without the batch dimension, when the file does "
+        "not tell it",
+    )
     parser.add_argument(
         "--target",
         default="runner-up",
@@ -106,15 +128,14 @@ def _target(text: str) -> int | None:
 def run(args: argparse.Namespace) -> int:
     """Find the closest inputs of the target class; return the exit status."""
     from .. import ClassTarget, closest
-    from ..figures import save_grid
 
     if args.count < 1:
         raise NNInvError(f"--count must be a positive integer, got {args.count}")
     lo, hi = parse_pair(args.bounds, "--bounds")
     label = _target(args.target)
     if args.model is None:
-        if args.input is not None:
-            raise NNInvError("--input needs MODEL")
+        if args.input is not None or args.input_shape is not None:
+            raise NNInvError(f"--{'input' if args.input else 'input-shape'} needs MODEL")
         from ..datasets import load_embedded
         from ._demo import train_classifier
 
@@ -129,15 +150,21 @@ def run(args: argparse.Namespace) -> int:
         X = test.images[: args.count].reshape(args.count, -1).numpy()
     else:
         from .. import load_model
-        from ..model._chain import analyse, eval_mode
 
         if args.input is None:
             raise NNInvError("with MODEL, give the inputs with --input X.npy")
+        given = parse_shape(args.input_shape) if args.input_shape is not None else None
+        x_in = load_array(args.input, "input", "--input")
         model = load_model(args.model)
-        with eval_mode(model):
-            shape = analyse(model).input_shape
-        X = fit_to_shape(load_array(args.input, "input"), shape, "input", args.input)[: args.count]
-    model = model.double().eval()
+        shape = analyse_model(model, given, x_in, "--input").input_shape
+        X = fit_to_shape(x_in, shape, "input", args.input)[: args.count]
+        outside = (X < lo) | (X > hi)
+        if outside.any():
+            i = int(np.argwhere(outside.reshape(len(X), -1))[0, 0])
+            raise NNInvError(
+                f"--input {args.input}: row {i} lies outside --bounds {lo:g},{hi:g}; give "
+                "--bounds that contain the inputs"
+            )
     X = np.asarray(X, dtype=np.float64)
     found, diffs = [], []
     print(
@@ -147,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     for i, x0 in enumerate(X):
         xt = torch.from_numpy(x0[None])
         with torch.no_grad():
-            logits = model(xt).reshape(-1)
+            logits = model(xt.to(_dtype(model))).reshape(-1)
         order = logits.argsort(descending=True)
         c = int(order[1]) if label is None else label
         res = closest(
@@ -167,30 +194,36 @@ def run(args: argparse.Namespace) -> int:
         )
         if res.x is None:
             found.append(np.full_like(x0, np.nan))
-            diffs.append(np.full_like(x0, 0.5))
+            diffs.append(np.zeros_like(x0))
         else:
-            x = res.x.reshape(-1).numpy()
+            x = res.x.reshape(x0.shape).numpy()
             found.append(x)
-            d = x - x0
-            scale = max(float(np.abs(d).max()), 1e-12)
-            diffs.append(0.5 + 0.5 * d / scale)
+            diffs.append(x - x0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shape = tuple(X.shape[1:])
     A = np.stack(found)
     np.save(out / "closest.npy", A)
     rows = {
-        "original": torch.from_numpy(X),
-        "closest": torch.from_numpy(np.nan_to_num(A, nan=0.5)),
-        "difference": torch.from_numpy(np.stack(diffs)),
+        "original": X,
+        "closest": np.nan_to_num(A, nan=0.5 * (lo + hi)),
+        "difference": np.stack(diffs),
     }
-    title = (
-        f"closest input of the target class ({args.norm}); difference: grey = 0, scaled per image"
+    zero = "grey = 0, scaled per image" if image_view(X[:1], shape) else "white = 0"
+    title = f"closest input of the target class ({args.norm}); difference: {zero}"
+    fig = save_samples(
+        rows,
+        out / "closest.png",
+        shape,
+        title=title,
+        value_range=(lo, hi),
+        diverging=["difference"],
     )
-    from ..figures import is_image_shape
-
-    if is_image_shape(shape):
-        fig = save_grid(rows, out / "closest.png", title=title)
-        print(f"figure: {fig}")
+    print(f"figure: {fig}")
     print(f"inputs: {out / 'closest.npy'}")
     return 0
+
+
+def _dtype(model: Any) -> torch.dtype:
+    p = next(iter(model.parameters()), None)
+    return p.dtype if p is not None else torch.get_default_dtype()

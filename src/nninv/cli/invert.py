@@ -4,7 +4,7 @@ Loads a Keras, ONNX or TorchScript file with :func:`nninv.load_model`, reads
 the outputs from a ``.npy`` file (or builds a :class:`~nninv.ClassTarget` from
 ``--target class=K``), optionally fits a prior on example inputs, calls
 :func:`nninv.invert`, and writes the inputs found to a ``.npy`` file, with a
-PNG grid beside it when the inputs are images.
+figure beside it fitted to their shape (image grid or heat strips).
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from .._errors import NNInvError, NNInvWarning
-from ._common import analyse_model, fit_to_shape, load_array, parse_pair, parse_shape
+from ._common import (
+    analyse_model,
+    fit_to_shape,
+    image_view,
+    load_array,
+    parse_pair,
+    parse_shape,
+    save_samples,
+)
 from ._stream import add_scale_arguments, check_scale_options, run_scaled
 
 #: Images shown in the PNG grid beside the output: at most ``_ROWS`` rows of ``_COLS``.
@@ -31,8 +39,9 @@ _DESCRIPTION = """\
 Find inputs x with model(x) = y for every output y in --outputs (an array
 shaped (N, *output_shape), or flat (N, m)), or inputs that the model puts in
 the classes given by --target. The inputs go to --out as a .npy array shaped
-(N, *input_shape) in the model's dtype; when they are images, a PNG grid of
-them is written beside it (same name, .png).
+(N, *input_shape) in the model's dtype, with a figure beside it (same name,
+.png): a grid of images when the inputs are images (8x8 digits included),
+else heat strips of the features (tabular inputs).
 
 Methods: pinv (minimum-norm input, layer by layer), analytic (the prior's
 conditional mean, needs --prior-data), optimize (any differentiable model, when
@@ -70,13 +79,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``invert`` with the ``nninv`` parser."""
     parser = subparsers.add_parser(
         "invert",
-        help="find inputs that a saved model (Keras, ONNX, TorchScript) maps to given outputs",
+        help="find inputs that a saved model (Keras, ONNX, TorchScript, skops) maps to given "
+        "outputs",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "model", metavar="MODEL", help="model file: .keras, .h5, .onnx or TorchScript .pt/.pth"
+        "model",
+        metavar="MODEL",
+        help="model file: .keras, .h5, .onnx, TorchScript .pt/.pth or a scikit-learn MLP .skops",
     )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument(
@@ -143,7 +155,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--tol",
         type=float,
         metavar="T",
-        help="residual tolerance for convergence (default: 1e-5 in float64, 1e-4 in float32)",
+        help="residual tolerance for convergence (default: 1e-5 for a float64 model, 1e-4 for "
+        "a float32 one; the outputs are solved for in the model's dtype)",
     )
     parser.add_argument(
         "--input-shape",
@@ -232,7 +245,7 @@ def _pick_method(
 
 
 def _read_outputs(path: str, out_shape: tuple[int, ...]) -> np.ndarray:
-    y = load_array(path, "outputs")
+    y = load_array(path, "outputs", "--outputs")
     m = math.prod(out_shape)
     want = f"(N, {', '.join(map(str, out_shape))})"
     if y.shape == out_shape or (y.ndim == 1 and y.size == m):
@@ -269,21 +282,8 @@ def _fit_prior(args: argparse.Namespace, X: np.ndarray, in_shape: tuple[int, ...
         raise NNInvError(f"prior data file '{args.prior_data}': {e}") from None
 
 
-def _image_view(x: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]] | None:
-    """``x`` (N, *shape) as images save_grid can show, or None if they are not images."""
-    from ..figures import is_image_shape
-
-    if is_image_shape(shape):
-        if len(shape) == 1:
-            side = math.isqrt(shape[0])
-            return x, (side, side)
-        return x, shape
-    # Keras lays images out channels-last, (H, W, C): show them channels-first.
-    if len(shape) == 3 and shape[-1] in (1, 3) and min(shape[:2]) >= 4:
-        h, w, c = shape
-        x = np.moveaxis(x.reshape(-1, h, w, c), -1, 1)
-        return (x[:, 0], (h, w)) if c == 1 else (x, (c, h, w))
-    return None
+#: ``x`` (N, *shape) as images, or None (kept under this name for the tests).
+_image_view = image_view
 
 
 def _save_figure(
@@ -293,29 +293,27 @@ def _save_figure(
     method: str,
     value_range: tuple[float, float] | None,
     per_class: tuple[list[int], int] | None = None,
-) -> Path | None:
-    from ..figures import save_grid
-
-    view = _image_view(x, in_shape)
-    if view is None:
-        return None
-    images, image_shape = view
-    cols = _COLS
+) -> Path:
+    """Images as a grid, other inputs (tabular) as heat strips: a row per class or per 10."""
+    cols = min(_COLS, len(x))
     if per_class is not None:  # a row per class: (labels, samples per class)
         labels, cols = per_class
-        shown = images[: cols * _ROWS * 2]
+        shown = x[: cols * _ROWS * 2]
         rows = {f"class {labels[i]}": shown[i : i + cols] for i in range(0, len(shown), cols)}
-    else:
-        shown = images[: _COLS * _ROWS]
+    elif image_view(x[:1], in_shape) is not None:
+        shown = x[: _COLS * _ROWS]
         rows = {f"#{i}": shown[i : i + _COLS] for i in range(0, len(shown), _COLS)}
-    if value_range is None:
-        lo, hi = float(np.min(shown)), float(np.max(shown))
-        if not lo < hi:
-            lo, hi = lo - 0.5, hi + 0.5
     else:
-        lo, hi = value_range
+        shown = x[: _COLS * _ROWS]
+        rows = {f"#0-{len(shown) - 1}": shown}
     title = f"nninv invert, method {method}: {len(shown)} of {len(x)} inputs"
-    return save_grid(rows, path, ncols=cols, image_shape=image_shape, title=title, vmin=lo, vmax=hi)
+    return save_samples(rows, path, in_shape, title=title, value_range=value_range, ncols=cols)
+
+
+def _short(value: float) -> str:
+    """``1e-4`` as ``1e-4`` (as --help writes it), ``3.25e-06`` as ``3.25e-6``."""
+    mantissa, exponent = f"{value:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -342,7 +340,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     param = next(iter(model.parameters()), None)
     mdtype = param.dtype if param is not None else torch.get_default_dtype()
-    X = load_array(args.prior_data, "prior data") if args.prior_data is not None else None
+    X = None
+    if args.prior_data is not None:
+        X = load_array(args.prior_data, "prior data", "--prior-data")
     chain = analyse_model(model, shape, X, "--prior-data")
     in_shape, out_shape = chain.input_shape, chain.output_shape
 
@@ -355,9 +355,9 @@ def run(args: argparse.Namespace) -> int:
         target = torch.zeros(1, *out_shape, dtype=mdtype)  # read batch by batch later
     else:
         y = _read_outputs(args.outputs, out_shape)
-        target = torch.from_numpy(np.ascontiguousarray(y))
-        if not target.dtype.is_floating_point:
-            target = target.to(mdtype)
+        # solved in the model's dtype, so that tol's default is the model's (1e-4 for a
+        # float32 model), as --help says, whatever dtype the file holds
+        target = torch.from_numpy(np.ascontiguousarray(y)).to(mdtype)
     prior = _fit_prior(args, X, in_shape) if X is not None else None
     if args.prior == "batchnorm":
         from ..priors import BatchNormPrior
@@ -416,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
     rmax = float(inv.residual.max())
     print(
         f"method {inv.method}: {n} samples, {n_ok} converged, max residual {rmax:.3g} "
-        f"(tol {inv.info['tol']:g})"
+        f"(tol {_short(inv.info['tol'])})"
     )
     if n_ok < n:
         i, reason = next((i, r) for i, r in enumerate(inv.info["reasons"]) if r is not None)

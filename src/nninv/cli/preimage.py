@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .._errors import NNInvError
-from ._common import fit_to_shape, load_array, parse_pair
+from ._common import analyse_model, fit_to_shape, load_array, parse_pair, parse_shape, save_samples
 
 _DESCRIPTION = """\
 Draw members of the preimage {x in bounds : model(x) = model(x0)} of one input
@@ -30,13 +30,18 @@ x0 and save them as a figure (OUT/preimage.png) and an array (OUT/members.npy).
 
 Without MODEL, the seed's model sigmoid(W x + b) (784 -> 10) is trained for a
 few seconds on the embedded MNIST digits (--dataset), x0 is held-out digit
---index, and a prior is fitted on the training digits. With MODEL (Keras, ONNX
-or TorchScript, read by nninv.load_model), give x0 with --input X.npy and
-optionally --prior-data X.npy.
+--index, and a prior is fitted on the training digits. With MODEL (Keras, ONNX,
+TorchScript or a scikit-learn MLP in a .skops file, read by nninv.load_model),
+give x0 with --input X.npy and optionally --prior-data X.npy (and --input-shape
+when the file does not tell it). For a ReLU network the set drawn is the piece
+of the preimage inside the activation region of x0.
 
 Rows of the figure: x0; uniform samples of the set (billiard walk); samples of
-the prior restricted to the set (exact HMC); and the members closest to other images
-(other digits, or --others X.npy), each found by an exact projection.
+the prior restricted to the set (exact HMC) and how each differs from their
+mean; and the members closest to other images (other digits, or --others
+X.npy), each found by an exact projection. Images (28x28, 8x8, ...) are shown as
+images, other inputs (tabular features) as heat strips. The title gives each
+chain's R-hat (near 1 = mixed).
 
 Exit status: 0 on success, 1 when the preimage is empty (the reason is
 printed), 2 on a usage error."""
@@ -61,6 +66,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "model", nargs="?", metavar="MODEL", help="model file (default: train the seed's model)"
     )
     parser.add_argument("--input", metavar="X.npy", help="with MODEL: the input x0 (first sample)")
+    parser.add_argument(
+        "--input-shape",
+        metavar="C,H,W",
+        help="with MODEL: its input shape without the batch dimension, when the file does "
+        "not tell it",
+    )
     parser.add_argument("--others", metavar="X.npy", help="images to project onto the preimage")
     parser.add_argument(
         "--prior-data", metavar="X.npy", help="with MODEL: data to fit the prior on"
@@ -102,10 +113,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--thin",
         type=int,
-        default=10,
+        default=30,
         metavar="T",
         help="trajectories between kept states; one state per chain is kept, so the "
-        "diagnostics see T trajectories of each (default: 10)",
+        "diagnostics see T trajectories of each (default: 30, enough for R-hat near 1.1 "
+        "or below on the seed's 774-dimensional set)",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     parser.add_argument(
@@ -145,7 +157,6 @@ def _seed_setup(args: argparse.Namespace) -> tuple[Any, np.ndarray, np.ndarray |
 def run(args: argparse.Namespace) -> int:
     """Draw the preimage of one input's output; return the exit status."""
     from .. import preimage
-    from ..figures import save_grid
     from ..priors import GaussianMixturePrior, GaussianPrior
 
     for option, value, least in (
@@ -159,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             raise NNInvError(f"{option} must be {kind} integer, got {value}")
     lo, hi = parse_pair(args.bounds, "--bounds")
     if args.model is None:
-        for opt in ("input", "prior_data"):
+        for opt in ("input", "prior_data", "input_shape"):
             if getattr(args, opt) is not None:
                 raise NNInvError(f"--{opt.replace('_', '-')} needs MODEL")
         model, x0, data, others = _seed_setup(args)
@@ -168,27 +179,37 @@ def run(args: argparse.Namespace) -> int:
 
         if args.input is None:
             raise NNInvError("with MODEL, give the input x0 with --input X.npy")
+        given = parse_shape(args.input_shape) if args.input_shape is not None else None
+        x_in = load_array(args.input, "input", "--input")
         model = load_model(args.model)
-        from ..model._chain import analyse, eval_mode
-
-        with eval_mode(model):
-            shape = analyse(model).input_shape
-        x0 = fit_to_shape(load_array(args.input, "input"), shape, "input", args.input)[:1]
+        shape = analyse_model(model, given, x_in, "--input").input_shape
+        x0 = fit_to_shape(x_in, shape, "input", args.input)[:1]
         data = None
         if args.prior_data is not None:
             data = fit_to_shape(
-                load_array(args.prior_data, "prior data"), shape, "prior data", args.prior_data
+                load_array(args.prior_data, "prior data", "--prior-data"),
+                shape,
+                "prior data",
+                args.prior_data,
             )
         others = None
     if args.others is not None:
         shape = tuple(x0.shape[1:])
-        others = fit_to_shape(load_array(args.others, "others"), shape, "others", args.others)
+        others = fit_to_shape(
+            load_array(args.others, "others", "--others"), shape, "others", args.others
+        )
     model = model.double().eval()
     x0t = torch.from_numpy(np.asarray(x0, dtype=np.float64))
     with torch.no_grad():
         y = model(x0t)
     t = time.perf_counter()
-    pre = preimage(model, y, bounds=(lo, hi))
+    if np.any(x0 < lo) or np.any(x0 > hi):
+        raise NNInvError(
+            f"--input {args.input}: x0 lies outside --bounds {lo:g},{hi:g} (values "
+            f"{float(x0.min()):.4g} .. {float(x0.max()):.4g}); give --bounds that contain it"
+        )
+    # around=x0: a ReLU network's piece of the preimage is the one x0 lies in
+    pre = preimage(model, y, bounds=(lo, hi), around=x0t)
     if pre.empty:
         print(f"nninv preimage: the preimage is empty: {pre.reason}")
         return 1
@@ -213,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
         pr = pre.draw(n, seed=args.seed, prior=prior, chains=n, burn=args.burn, thin=args.thin)
         rows[f"{args.prior} prior"] = pr.x
         stats.append((f"{args.prior} prior", pr))
+        # the prior's samples share much of their mean: show how each one differs from it
+        rows["prior - mean"] = pr.x - pr.x.mean(0, keepdim=True)
     if others is not None and len(others):
         proj = pre.project(torch.from_numpy(np.asarray(others[:n], dtype=np.float64)))
         rows["other digits"] = torch.from_numpy(np.asarray(others[:n], dtype=np.float64))
@@ -220,14 +243,26 @@ def run(args: argparse.Namespace) -> int:
         stats.append(("closest to other digits", None))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    members = torch.cat([v for k, v in rows.items() if k not in ("x0", "other digits")])
+    members = torch.cat(
+        [v for k, v in rows.items() if k not in ("x0", "other digits", "prior - mean")]
+    )
     with torch.no_grad():
         res = (model(members) - y).abs().reshape(len(members), -1).amax(1)
+    mixing = ", ".join(f"{name.split(' (')[0]} R-hat {s.rhat:.2f}" for name, s in stats if s)
     title = (
         f"{len(members)} different inputs, one output: max |f(x) - f(x0)| = {float(res.max()):.1e} "
-        f"(a {pre.dim}-dimensional set)"
+        f"(a {pre.dim}-dimensional set); {mixing}"
     )
-    fig = save_grid(rows, out / "preimage.png", title=title)
+    shape = tuple(x0t.shape[1:])
+    fig = save_samples(
+        rows,
+        out / "preimage.png",
+        shape,
+        title=title,
+        value_range=(lo, hi),
+        ncols=n,
+        diverging=[k for k in rows if k == "prior - mean"],
+    )
     np.save(out / "members.npy", members.numpy())
     print()
     print(f"{'row':<26} {'n':>4} {'max|f(x)-y|':>12} {'ESS':>7} {'R-hat':>7} {'seconds':>8}")

@@ -85,6 +85,7 @@ from torch import Tensor, nn
 
 from .._errors import NNInvError
 from ..model._chain import Affine, analyse, eval_mode
+from ..model.io import as_module
 from ..targets import ClassTarget
 from ._attack import _attack, _Checker, _dist
 from ._bounds import ideal_cuts, interval_bounds, tighten
@@ -160,7 +161,7 @@ class Closest:
 
 
 def closest(
-    model: nn.Module,
+    model: nn.Module | Any,
     x: Any,
     target: ClassTarget,
     norm: str = "linf",
@@ -176,8 +177,9 @@ def closest(
 
     Parameters
     ----------
-    model : torch.nn.Module
-        A classifier (logits, probabilities or log-probabilities).
+    model : torch.nn.Module or a fitted scikit-learn MLP
+        A classifier (logits, probabilities or log-probabilities); an
+        ``MLPClassifier`` is converted by :func:`nninv.model.io.as_module`.
     x : Tensor
         One input, ``(*input_shape)`` or ``(1, *input_shape)``.
     target : ClassTarget
@@ -226,8 +228,7 @@ def closest(
     ('optimal', True, True)
     """
     t0 = time.perf_counter()
-    if not isinstance(model, nn.Module):
-        raise NNInvError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model = as_module(model)
     if norm not in NORMS:
         raise NNInvError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
     if not isinstance(target, ClassTarget):
