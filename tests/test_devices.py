@@ -95,13 +95,37 @@ def test_preimage_follows(device, dtype):
     with torch.no_grad():
         y = f(x)
     pre = nninv.preimage(f, y[0], bounds=(0.0, 1.0), around=x[0])
+    assert (pre.dtype, pre.device.type) == (dtype, device.type)
     # the geometry (polytope, basis, membership, walks) is computed in float64 on the CPU,
     # whatever the model's dtype: documented, and what this checks
     for name in ("basis", "member"):
         t = getattr(pre, name)
         assert isinstance(t, torch.Tensor), name
         _on(t, torch.device("cpu"), torch.float64)
-    assert bool(pre.contains(x).all())
+    # what it hands out comes back in the caller's dtype, on the caller's device
+    xs = pre.sample(3, seed=0)
+    _on(xs, device, dtype)
+    _on(pre.draw(3, seed=0, method="hit-and-run").x, device, dtype)
+    P = pre.project(_data(2, 4, device, dtype, seed=5))
+    _on(P, device, dtype)
+    # a NumPy reference is a CPU array: its projection is a CPU tensor of its dtype
+    other = torch.float32 if dtype == torch.float64 else torch.float64
+    _on(pre.project(_data(2, 4, device, other, seed=5).cpu().numpy()), torch.device("cpu"), other)
+    assert bool(pre.contains(x).all()) and bool(pre.contains(xs).all())
+    assert bool(pre.contains(P).all())
+
+
+def test_preimage_class_and_target_dtype(device, dtype):
+    f = _seed(device, dtype)
+    other = torch.float32 if dtype == torch.float64 else torch.float64
+    x = _data(1, 12, device, dtype)
+    with torch.no_grad():
+        y = f(x)[0]
+    # a class target has no dtype: the model's; an exact target's own floating dtype wins
+    _on(nninv.preimage(f, nninv.ClassTarget([1]), bounds=(0, 1)).sample(2, seed=0), device, dtype)
+    pre = nninv.preimage(f, y.to(other), bounds=(0, 1))
+    _on(pre.sample(2, seed=0), device, other)
+    _on(pre.project(x), device, dtype)
 
 
 def test_closest_answers_in_float64_on_the_cpu(device, dtype):

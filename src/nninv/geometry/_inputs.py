@@ -1,12 +1,22 @@
 """Input-side helpers shared by :mod:`~nninv.geometry.preimage` and
 :mod:`~nninv.geometry.closest`: bounds and inputs as flat float64 rows, a float64
-copy of the model, and the reading of piecewise-linear steps (ReLU slopes, max
-pooling, the trailing steps that keep the arg-max).
+copy of the model, the dtype and device the caller's answers go back in, and the
+reading of piecewise-linear steps (ReLU slopes, max pooling, the trailing steps
+that keep the arg-max).
 """
 
 from __future__ import annotations
 
-__all__ = ["as_bounds", "as_input", "float64_copy", "is_maxpool", "peel_class_steps", "pl_slope"]
+__all__ = [
+    "as_bounds",
+    "as_input",
+    "caller_kind",
+    "float64_copy",
+    "is_maxpool",
+    "model_kind",
+    "peel_class_steps",
+    "pl_slope",
+]
 
 import copy
 import math
@@ -82,6 +92,31 @@ def as_input(x: Any, input_shape: tuple[int, ...], name: str = "x") -> Tensor:
     if not bool(torch.isfinite(x).all()):
         raise NNInvError(f"{name} contains NaN or inf")
     return x
+
+
+def model_kind(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the model's first floating parameter or buffer.
+
+    A model without any computes in whatever it is given: float64 on the CPU here.
+    """
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype, t.device
+    return _F64, torch.device("cpu")
+
+
+def caller_kind(
+    v: Any, default: tuple[torch.dtype, torch.device]
+) -> tuple[torch.dtype, torch.device]:
+    """The floating dtype and device of a caller's tensor or array ``v``, else ``default``.
+
+    A NumPy array lives on the CPU; integer, boolean and other values give ``default``.
+    """
+    if isinstance(v, Tensor) and v.is_floating_point():
+        return v.dtype, v.device
+    if isinstance(v, np.ndarray) and v.dtype in (np.float16, np.float32, np.float64):
+        return torch.from_numpy(np.empty(0, v.dtype)).dtype, torch.device("cpu")
+    return default
 
 
 def float64_copy(model: nn.Module) -> nn.Module:

@@ -23,7 +23,8 @@ class Samples:
     Attributes
     ----------
     x : Tensor
-        ``(n, *input_shape)`` float64 members.
+        ``(n, *input_shape)`` members, in the preimage's ``dtype`` on its
+        ``device`` (the chains run in float64 on the CPU).
     method : str
         ``"billiard"`` or ``"hit-and-run"`` (uniform on the bounded set),
         ``"prior"`` (the prior restricted to the set, exact HMC),

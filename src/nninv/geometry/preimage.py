@@ -50,7 +50,7 @@ from ..model._outputs import as_output, check_range, class_shortfall
 from ..model.io import as_module
 from ..priors import GaussianMixturePrior, GaussianPrior, Prior
 from ..targets import ClassTarget
-from ._inputs import as_bounds, as_input, float64_copy
+from ._inputs import as_bounds, as_input, caller_kind, float64_copy, model_kind
 from ._manifold import Manifold, manifold_walk
 from ._polytope import Polyhedron
 from ._results import Extent, Samples
@@ -93,6 +93,13 @@ class Preimage:
     input_shape : tuple of int
     bounds : tuple of Tensor
         ``(lo, hi)`` flat, possibly infinite.
+    dtype, device
+        What the members it hands out come in (:meth:`sample`, :meth:`draw`,
+        and :meth:`project` for references that are not floating tensors):
+        the target's floating dtype (else the model's) on the model's device,
+        as :func:`nninv.invert` answers. The geometry itself (``basis``,
+        ``member``, ``bounds``, :meth:`extent`) is computed and kept in
+        float64 on the CPU, whatever the model's device and dtype.
     info : dict
         E.g. ``"radius"`` of the inscribed ball, ``"n_constraints"``.
     """
@@ -113,8 +120,10 @@ class Preimage:
         reason: str | None = None,
         info: dict[str, Any] | None = None,
         native: nn.Module | None = None,
+        like: tuple[torch.dtype, torch.device] = (_F64, torch.device("cpu")),
     ) -> None:
         self.kind = kind
+        self.dtype, self.device = like
         self._model = model
         self._native = native
         self._chain = chain
@@ -237,7 +246,9 @@ class Preimage:
         Returns
         -------
         Tensor
-            ``(N, *input_shape)`` float64. Each row is also checked by running
+            ``(N, *input_shape)``, in ``x_ref``'s floating dtype and on its device
+            (else in :attr:`dtype` on :attr:`device`); solved in float64 on the
+            CPU. Each row is also checked by running
             the caller's model in its own dtype (float32 included): the
             target's class wins (a class target), or the output is within the
             dtype's tolerance of the target (``1e-4`` relative in float32,
@@ -280,7 +291,8 @@ class Preimage:
                 out[i] = x
         out = out.reshape(-1, *self.input_shape)
         self._confirm(out)
-        return out
+        dtype, device = caller_kind(x_ref, (self.dtype, self.device))
+        return out.to(device, dtype)
 
     def _confirm(self, X: Tensor) -> None:
         """Run the caller's model, in its dtype, on ``X``; warn about rows it refuses."""
@@ -367,7 +379,8 @@ class Preimage:
         burn: int | None = None,
         thin: int | None = None,
     ) -> Tensor:
-        """``n`` members, shaped ``(n, *input_shape)`` (float64); see :meth:`draw`."""
+        """``n`` members, shaped ``(n, *input_shape)`` in :attr:`dtype` on :attr:`device`;
+        see :meth:`draw`."""
         return self.draw(n, seed, method, prior=prior, chains=chains, burn=burn, thin=thin).x
 
     def draw(
@@ -430,7 +443,8 @@ class Preimage:
         Returns
         -------
         Samples
-            The members and ``ess``, ``rhat``, ``acceptance``; for the
+            The members (``x``, in :attr:`dtype` on :attr:`device`; the chains
+            run in float64 on the CPU) and ``ess``, ``rhat``, ``acceptance``; for the
             reflective methods ``info["bounces"]`` (reflections per trajectory)
             and ``info["time"]`` (mean travel time).
 
@@ -490,7 +504,8 @@ class Preimage:
         if self.dim == 0:
             # a single point: every draw is it
             assert self._member is not None
-            x = self._member.expand(n, -1).clone().reshape(n, *self.input_shape)
+            x = self._member.expand(n, -1).reshape(n, *self.input_shape)
+            x = x.to(self.device, self.dtype, copy=True)
             return Samples(x, "exact", math.nan, math.nan, 1.0, 0, 0, 0, 1, 0.0, {"point": True})
         if self._poly is None:
             return self._draw_manifold(n, C, per, burn, thin, gen, prior)
@@ -530,7 +545,7 @@ class Preimage:
         # kept states: chain-major; interleave so that the first n cover all chains
         x = w.x.transpose(0, 1).reshape(-1, self.n)[:n]
         return Samples(
-            x.reshape(n, *self.input_shape),
+            x.reshape(n, *self.input_shape).to(self.device, self.dtype),
             method,
             float(np.nanmin(w.ess)) if np.isfinite(w.ess).any() else math.nan,
             float(np.nanmax(w.rhat)) if np.isfinite(w.rhat).any() else math.nan,
@@ -569,7 +584,7 @@ class Preimage:
             else:
                 x = post.sample(e[None], n, generator=gen)[0]
             return Samples(
-                x.reshape(n, *self.input_shape),
+                x.reshape(n, *self.input_shape).to(self.device, self.dtype),
                 "exact",
                 math.nan,
                 math.nan,
@@ -647,7 +662,9 @@ def preimage(
     Parameters
     ----------
     model : torch.nn.Module or a fitted scikit-learn MLPClassifier/MLPRegressor
-        A chain of known layers (see :mod:`nninv.model._chain`); evaluated in float64.
+        A chain of known layers (see :mod:`nninv.model._chain`); evaluated in
+        float64 on the CPU, and in its own dtype and device to confirm
+        projections. Samples and projections come back on its device.
     target : Tensor, ndarray or ClassTarget
         One output (``(*output_shape)`` or ``(1, *output_shape)``), or a
         :class:`~nninv.ClassTarget` with one label and no confidence.
@@ -723,7 +740,9 @@ def preimage(
         cons = exact_output(chain, yf[0])
     core = cons.core
     form = core_kind(core)
+    mdtype, mdevice = model_kind(model)
     common: dict[str, Any] = {
+        "like": (caller_kind(target, (mdtype, mdevice))[0], mdevice),
         "model": model64,
         "chain": chain,
         "target": tgt,
