@@ -393,3 +393,41 @@ def test_cli_invert_prior_batchnorm(onnx, tmp_path):
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         bad = main([str(a) for a in [*argv, "--prior-data", out]])
     assert bad == 2 and "needs no --prior-data" in err.getvalue()
+
+
+def test_cli_invert_coarse_option(onnx, tmp_path):
+    import contextlib
+    import io
+
+    from nninv.cli import main
+    from nninv.cli.invert import _coarse
+
+    assert _coarse(None, (1, 28, 28), True) == (14, 14)  # the batchnorm default
+    assert _coarse(None, (1, 28, 28), False) is None
+    assert _coarse(None, (1, 9, 9), True) is None  # too small to go coarser
+    assert _coarse("0", (1, 28, 28), True) is None and _coarse("7,5", (1, 28, 28), True) == (7, 5)
+    net = conv_net(11).float()
+    path = tmp_path / "bn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (torch.zeros(2, 1, 9, 9),), path, dynamo=False, do_constant_folding=False,
+            input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+        )  # fmt: skip
+    out = tmp_path / "x.npy"
+    argv = ["invert", path, "--target", "class=0,1,2", "--prior", "batchnorm", "--coarse", "5"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main([str(a) for a in [*argv, "--out", out]])
+    assert code == 0, buf.getvalue()
+    assert "method optimize: 3 samples, 3 converged" in buf.getvalue()
+    with torch.no_grad():
+        assert net(torch.from_numpy(np.load(out))).argmax(1).tolist() == [0, 1, 2]
+    for extra, msg in [
+        (["--coarse", "a"], "--coarse must be H or H,W"),
+        (["--coarse", "9"], "below the input's (H, W) = (9, 9)"),
+    ]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            bad = main([str(a) for a in [*argv[:-2], *extra, "--out", out]])
+        assert bad == 2 and msg in err.getvalue(), err.getvalue()
