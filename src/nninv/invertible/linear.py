@@ -3,9 +3,12 @@
 All three have closed-form inverses. Inputs are ``(N, C)`` vectors or
 ``(N, C, H, W)`` images; ActNorm and the 1x1 convolution act on the channel
 axis (a vector is one pixel with ``C`` channels), squeeze trades a 2x2 block
-of pixels for four channels. The 1x1 convolution is zuko's
-``LULinearTransform`` after a fixed permutation (``W = P L U``), with the
-diagonal of ``L`` kept away from zero as ``sign * exp(log_s)``.
+of pixels for four channels. The 1x1 convolution is parametrised as
+zuko's ``LULinearTransform`` is, after a fixed permutation (``W = P L U``, ``U``
+unit upper triangular), with the diagonal of ``L`` kept away from zero as
+``sign * exp(log_s)``; the factors are formed with fixed triangular masks,
+which is several times cheaper per training step at 784 channels than
+building zuko's transform (two ``tril``/``triu`` calls on the full matrix).
 
 References
 ----------
@@ -18,7 +21,6 @@ __all__ = ["ActNorm", "InvConv1x1", "Squeeze"]
 
 import torch
 from torch import Tensor, nn
-from zuko.transforms import LULinearTransform
 
 from .._errors import NNInvError
 from ._base import InverseReport, InvertibleBlock
@@ -110,32 +112,35 @@ class InvConv1x1(InvertibleBlock):
         self.log_s = nn.Parameter(d.abs().log().float())
         self.lower = nn.Parameter(torch.tril(lower, -1).float())
         self.upper = nn.Parameter(torch.triu(upper, 1).float())
+        self.register_buffer("mask", torch.ones(channels, channels).tril(-1), persistent=False)
+        self.register_buffer("eye", torch.eye(channels), persistent=False)
 
-    def _transform(self) -> LULinearTransform:
-        diag = torch.diag_embed(self.sign * self.log_s.exp())
-        lu = torch.tril(self.lower, -1) + diag + torch.triu(self.upper, 1)
-        return LULinearTransform(lu)
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(L, U)``: ``L`` lower triangular, diagonal ``sign exp(log_s)``; ``U`` unit upper."""
+        L = self.lower * self.mask + torch.diag_embed(self.sign * self.log_s.exp())
+        U = self.upper * self.mask.T + self.eye
+        return L, U
 
     def weight(self) -> Tensor:
         """The ``(C, C)`` matrix ``W`` with ``y = W x``."""
-        t = self._transform()
-        return (t.L @ t.U)[self.order]
+        L, U = self.factors()
+        return (L @ U)[self.order]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h, pixels = _channels_last(x, self.channels, "InvConv1x1")
-        t = self._transform()
+        L, U = self.factors()
         # L (U h) as two products with the batch: cheaper than forming L U (C^3) per call
-        y = ((h @ t.U.mT) @ t.L.mT)[..., self.order]
+        y = ((h @ U.mT) @ L.mT)[..., self.order]
         logdet = (pixels * self.log_s.sum()).expand(x.shape[0])
         return _channels_first(y, x), logdet
 
     def inverse(self, y: Tensor) -> tuple[Tensor, InverseReport]:
         h, pixels = _channels_last(y, self.channels, "InvConv1x1")
-        t = self._transform()
+        L, U = self.factors()
         rows = h[..., self.order.argsort()].reshape(-1, self.channels).T
         # two triangular solves with all pixels as right-hand sides (zuko solves one at a time)
-        v = torch.linalg.solve_triangular(t.L, rows, upper=False)
-        v = torch.linalg.solve_triangular(t.U, v, upper=True, unitriangular=True)
+        v = torch.linalg.solve_triangular(L, rows, upper=False)
+        v = torch.linalg.solve_triangular(U, v, upper=True, unitriangular=True)
         x = v.T.reshape(h.shape)
         logdet = (-pixels * self.log_s.sum()).expand(y.shape[0])
         x = _channels_first(x, y)
