@@ -90,7 +90,7 @@ from ..targets import ClassTarget
 from ._attack import _attack, _Checker, _dist
 from ._bounds import ideal_cuts, interval_bounds, tighten
 from ._highs import region_lp, region_polytope, solve_margin, solve_milp
-from ._inputs import as_bounds, as_input, float64_copy, peel_class_steps, pl_slope
+from ._inputs import as_bounds, as_input, caller_kind, float64_copy, peel_class_steps, pl_slope
 from ._milp import PLNet, encode, monotone_neurons, start_point
 from ._polytope import Polyhedron
 
@@ -111,9 +111,13 @@ class Closest:
     Attributes
     ----------
     x : Tensor or None
-        ``(1, *input_shape)`` float64, in the target class (checked by running
-        the model in float64 and in its own dtype: ``model(x.to(dtype))``
-        puts it in the class), or None when no input of the class lies within
+        ``(1, *input_shape)`` in the dtype and on the device of the caller's
+        ``x`` (float64 on the CPU for a non-floating ``x``; the LP/MILP parts
+        run in float64 on the CPU by nature, with HiGHS), in the target class:
+        the solver's float64 point is checked by running the model in float64
+        and in its own dtype (``model(x.to(dtype))``, the returned value when
+        ``x`` has the model's dtype, else checked as well), or None when no
+        input of the class lies within
         ``max_distance`` (status ``"infeasible"``) or none was found or
         confirmed by the model (:attr:`found` False).
     distance : float
@@ -181,7 +185,8 @@ def closest(
         A classifier (logits, probabilities or log-probabilities); an
         ``MLPClassifier`` is converted by :func:`nninv.model.io.as_module`.
     x : Tensor
-        One input, ``(*input_shape)`` or ``(1, *input_shape)``.
+        One input, ``(*input_shape)`` or ``(1, *input_shape)``; the answer
+        comes back in its dtype and on its device.
     target : ClassTarget
         One class, without confidence.
     norm : {"linf", "l1", "l2"}
@@ -256,6 +261,7 @@ def closest(
     target.check_classes(chain.n_out)
     label = int(target.labels[0])
     x0t = as_input(x, in_shape)
+    x_dtype, x_device = caller_kind(x, (torch.float64, torch.device("cpu")))
     if x0t.shape[0] != 1:
         raise NNInvError(f"closest() takes one input, got {x0t.shape[0]}; call it per input")
     x0 = x0t[0].numpy()
@@ -275,7 +281,11 @@ def closest(
         info["seconds"] = time.perf_counter() - t0
         info["dtype"] = str(check.dtype).replace("torch.", "")
         info["rejected"] = check.rejected
-        if xv is not None and not check.ok(xv):
+        # what comes back is x's dtype; the model's own-dtype check runs that rounding
+        # when x and the model share a dtype, else it is checked again
+        xr = None if xv is None else torch.from_numpy(xv).to(x_dtype).double().numpy()
+        same = x_dtype in (torch.float64, check.dtype)
+        if xv is not None and not (check.ok(xv) and (same or check.ok(xr))):
             info["note"] = (
                 f"the solver's input is not in class {label} when the model runs it "
                 f"({info['dtype']}); not returned"
@@ -291,6 +301,7 @@ def closest(
                     stacklevel=3,
                 )
             return Closest(None, math.inf, status, bound, info=info, **common)
+        xv = xr
         d = _dist(xv - x0, norm)
         bound = min(bound, d)
         if status == "optimal" and d > bound * (1 + SLACK[0]) + SLACK[1]:
@@ -301,7 +312,7 @@ def closest(
             )
         info["logits"] = check.logits(xv)[0]
         return Closest(
-            torch.from_numpy(xv.copy()).reshape(1, *in_shape),
+            torch.from_numpy(xv.copy()).reshape(1, *in_shape).to(x_device, x_dtype),
             d,
             status,
             bound,
