@@ -128,16 +128,22 @@ def test_preimage_class_and_target_dtype(device, dtype):
     _on(pre.project(x), device, dtype)
 
 
-def test_closest_answers_in_float64_on_the_cpu(device, dtype):
-    # the LP/MILP parts run on the CPU in float64 (HiGHS), and so far the answer stays
-    # there: it does not yet come back to x's device and dtype (issue 17, not done)
+def test_closest_follows(device, dtype):
+    # the LP/MILP parts run on the CPU in float64 (HiGHS); the answer comes back in x's
+    # dtype and on its device, and that very value is the one the model confirmed
     f = _relu(device, dtype)
     x = _data(1, 4, device, dtype)
     with torch.no_grad():
         k = int(f(x)[0].argsort()[-2])  # the runner-up class: reachable in [0, 1]^4
     res = nninv.closest(f, x[0], nninv.ClassTarget([k]), time_limit=20)
     assert res.x is not None and res.status == "optimal"
-    _on(res.x, torch.device("cpu"), torch.float64)
+    _on(res.x, device, dtype)
+    with torch.no_grad():
+        assert int(f(res.x).argmax()) == k
+    assert float((res.x.double() - x.double()).abs().max()) == pytest.approx(
+        res.distance, rel=1e-12
+    )
+    assert res.bound <= res.distance
 
 
 def test_stream_writes_the_computation_dtype(tmp_path, device, dtype):
@@ -152,21 +158,29 @@ def test_stream_writes_the_computation_dtype(tmp_path, device, dtype):
     assert x.dtype == y.dtype and np.load(res.residual_path).dtype == y.dtype
 
 
-def test_decoder_follows(device, dtype):
+def test_decoder_follows(tmp_path, device, dtype):
     pytest.importorskip("safetensors")
     from nninv.learned import Decoder
 
     f = _seed(device, dtype)
     X = _data(64, 12, device, dtype)
     dec = Decoder.fit(f, X, epochs=1, hidden=(16,), progress=False)
+    assert dec.device.type == device.type  # trained where the model and data are
     with torch.no_grad():
         y = f(X[:3])
-    _on(dec(y), device, dtype)
+    g = dec(y)
+    _on(g, device, dtype)
     inv = nninv.invert(f, y, "decoder", decoder=dec)
     _on(inv.x, device, dtype)
+    # a saved decoder loads onto the CPU, moves with .to, and answers the same
+    back = Decoder.load(dec.save(tmp_path / "d.safetensors"))
+    assert back.device.type == "cpu"
+    assert back.to(device) is back and back.device.type == device.type
+    _on(back(y), device, dtype)
+    assert torch.equal(back(y), g)
 
 
-def test_flow_and_posterior_follow(device, dtype):
+def test_flow_and_posterior_follow(tmp_path, device, dtype):
     pytest.importorskip("zuko")
     from nninv.learned import ConditionalFlow, Decoder
 
@@ -174,8 +188,15 @@ def test_flow_and_posterior_follow(device, dtype):
     X = _data(64, 12, device, dtype)
     dec = Decoder.fit(f, X, epochs=1, hidden=(16,), progress=False)
     flow = ConditionalFlow.fit(f, X, decoder=dec, epochs=1, hidden=(16,), progress=False)
+    assert flow.device.type == device.type and flow.decoder.device.type == device.type
     with torch.no_grad():
         y = f(X[:2])
-    _on(flow.sample(y, 3, seed=0), device, dtype)
+    s = flow.sample(y, 3, seed=0)
+    _on(s, device, dtype)
+    assert torch.equal(flow.sample(y, 3, seed=0), s)  # seeded on its device
     post = nninv.posterior(f, y, flow, n=3)
     _on(post.x, device, dtype)
+    back = ConditionalFlow.load(flow.save(tmp_path / "f.safetensors"))
+    assert back.device.type == "cpu" and back.decoder.device.type == "cpu"
+    assert back.to(device) is back and back.device.type == device.type
+    assert torch.equal(back.sample(y, 3, seed=0), s)

@@ -8,7 +8,9 @@ transposed-convolution head for images), and keeps the covariance of its errors
 on held-out data: the metric in which ``method="decoder"`` of
 :func:`nninv.invert` projects ``g(y)`` onto the exact preimage
 ``{x : f(x) = y}``. Decoders are saved as safetensors files (weights and a JSON
-configuration; never a pickle).
+configuration; never a pickle). A decoder trains on the device of the model (or
+of ``X`` when that is an accelerator), answers on the device of its ``y``, and
+moves with :meth:`Decoder.to`; a loaded one starts on the CPU.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class Decoder:
     input_shape, output_shape : tuple of int
         Of the model it was trained for (``x`` and ``y`` without the batch).
     net : torch.nn.Module
-        ``g`` itself, float32, in eval mode.
+        ``g`` itself, float32, in eval mode, on :attr:`device`.
     error : GaussianPrior
         ``N(0, Sigma)`` (mean near 0) fitted to ``x - g(f(x))`` on held-out
         data: ``Sigma`` is the metric of the projection in ``method="decoder"``.
@@ -143,8 +145,25 @@ class Decoder:
             f"hidden {self.config['hidden']})"
         )
 
+    @property
+    def device(self) -> torch.device:
+        """Where ``net`` is: the training device after :meth:`fit`, the CPU after :meth:`load`."""
+        return next(self.net.parameters()).device
+
+    def to(self, device: str | torch.device) -> Decoder:
+        """Move ``net`` to ``device`` (in place, like ``nn.Module.to``) and return self.
+
+        ``error`` stays a float64 CPU prior: it serves queries on any device.
+        """
+        self.net.to(device)
+        return self
+
     def __call__(self, y: Any) -> Tensor:
-        """``g(y)``: inputs ``(N, *input_shape)`` in ``y``'s floating dtype and device."""
+        """``g(y)``: inputs ``(N, *input_shape)`` in ``y``'s floating dtype and device.
+
+        ``net`` moves to ``y``'s device first (as :meth:`to` would), so a decoder
+        loaded on the CPU serves CUDA outputs with no code change.
+        """
         y = _as_tensor(y, "y")
         if tuple(y.shape) == self.output_shape:
             y = y.unsqueeze(0)
@@ -218,8 +237,16 @@ class Decoder:
         NNInvError
             On bad data (shape, NaN, too few samples), options, or a model that
             fails on ``X``.
+
+        Notes
+        -----
+        Trains on the model's device, or on ``X``'s when ``X`` is a tensor on an
+        accelerator (a CUDA model or CUDA data trains on the GPU); the seeded
+        split and batches are the same on every device, the weights and losses
+        agree to rounding.
         """
         model = as_module(model)
+        device = train_device(model, X)
         X = _as_tensor(X, "X").detach().to("cpu", torch.float32)
         if X.ndim < 2 or X.shape[0] < 10:
             raise NNInvError(
@@ -269,13 +296,15 @@ class Decoder:
         feats = net.features.transform(Y[train])
         net.features.mean.copy_(feats.mean(0))
         net.features.std.copy_(feats.std(0).clamp(min=1e-6))
+        net.to(device)
+        X, Y = X.to(device), Y.to(device)
         history = _train(
             net, Y[train], X[train], epochs, batch_size, float(lr), _LOSSES[loss], g, progress
         )
         net.eval()
         with torch.no_grad():
             err = X[hold] - net(Y[hold])
-        error = GaussianPrior.fit(err.double())
+        error = GaussianPrior.fit(err.cpu().double())
         return cls(net, config, error, history)
 
     # --- files ------------------------------------------------------------------------------
@@ -285,7 +314,8 @@ class Decoder:
         from safetensors.torch import save_file
 
         path = Path(path)
-        tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        state = self.net.state_dict().items()
+        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in state}
         tensors["error.mean"] = self.error.mean.contiguous()
         tensors["error.covariance"] = self.error.covariance.contiguous()
         meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(self.config)}
@@ -384,6 +414,16 @@ def _arch(arch: str, shape: tuple[int, ...]) -> str:
     if arch == "auto":
         return "conv" if image and min(shape[1:]) >= 8 else "mlp"
     return arch
+
+
+def train_device(model: nn.Module, X: Any) -> torch.device:
+    """Where to train for ``model`` on ``X``: ``X``'s device if it is a tensor off the CPU,
+    else the model's (its first parameter or buffer), else the CPU."""
+    if isinstance(X, Tensor) and X.device.type != "cpu":
+        return X.device
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _outputs(model: nn.Module, X: Tensor, batch: int = 4096) -> Tensor:

@@ -7,7 +7,10 @@ conditioned on the decoder's standardised features of ``y``) and ``s`` the
 per-input standard deviation of the decoder's errors. Samples are only
 approximately consistent with the model; :func:`nninv.posterior` projects each
 onto the exact preimage. zuko is an optional dependency
-(``pip install 'nninv[learned]'``); its API stays inside this module.
+(``pip install 'nninv[learned]'``); its API stays inside this module. Like the
+decoder, a flow trains on the model's device (or ``X``'s, on an accelerator),
+samples on the device of its ``y``, moves with :meth:`ConditionalFlow.to`, and
+loads onto the CPU.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import NNInvError
-from .decoder import Decoder, _as_tensor, _outputs, read_safetensors
+from .decoder import Decoder, _as_tensor, _outputs, read_safetensors, train_device
 
 FORMAT = "nninv.ConditionalFlow"
 VERSION = 1
@@ -86,6 +89,18 @@ class ConditionalFlow:
         self.input_shape = decoder.input_shape
         self.output_shape = decoder.output_shape
 
+    @property
+    def device(self) -> torch.device:
+        """Where the flow's weights are."""
+        return self.scale.device
+
+    def to(self, device: str | torch.device) -> ConditionalFlow:
+        """Move the decoder, the flow and ``scale`` to ``device`` (in place); return self."""
+        self.decoder.to(device)
+        self.flow.to(device)
+        self.scale = self.scale.to(device)
+        return self
+
     def __repr__(self) -> str:
         return (
             f"ConditionalFlow(MAF x{self.config['transforms']}, hidden {self.config['hidden']}, "
@@ -123,8 +138,14 @@ class ConditionalFlow:
         seed : int
         progress : bool, optional
             Show a progress bar (default: when the training has over 2,000 steps).
+
+        Notes
+        -----
+        Trains on the model's device, or on ``X``'s when ``X`` is a tensor on an
+        accelerator; a given ``decoder`` is moved there.
         """
         _zuko()
+        device = train_device(model, X)
         X = _as_tensor(X, "X").detach().to("cpu", torch.float32)
         if X.ndim < 2 or X.shape[0] < 10 or not bool(torch.isfinite(X).all()):
             raise NNInvError(
@@ -137,6 +158,8 @@ class ConditionalFlow:
             decoder = Decoder.fit(model, X, seed=seed, progress=progress)
         Y = _outputs(model, X)
         decoder.check_model(tuple(X.shape[1:]), tuple(Y.shape[1:]))
+        decoder.to(device)
+        X, Y = X.to(device), Y.to(device)
         with torch.no_grad():
             R = (X - decoder(Y)).reshape(len(X), -1)
             C = decoder.net.features(Y)
@@ -150,14 +173,16 @@ class ConditionalFlow:
         }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            flow = _build(config)
+            flow = _build(config).to(device)
         history = _train(flow, C, Z, epochs, batch_size, lr, seed, progress)
         return cls(decoder, flow, scale, config, history)
 
     def sample(self, y: Any, n: int, seed: int | None = None) -> Tensor:
         """``n`` draws for each output in ``y``: ``(N, n, *input_shape)`` in ``y``'s dtype.
 
-        The draws are not yet exact: :func:`nninv.posterior` projects them.
+        The draws are not yet exact: :func:`nninv.posterior` projects them. They
+        are drawn on ``y``'s device (the flow moves there first, as :meth:`to`
+        would); a seed gives the same draws on the same device.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise NNInvError(f"n must be a positive integer, got {n!r}")
@@ -170,8 +195,10 @@ class ConditionalFlow:
                 f"got {tuple(y.shape)}"
             )
         dtype = y.dtype if y.dtype.is_floating_point else torch.float32
-        y32 = y.detach().to("cpu", torch.float32)
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        self.to(y.device)
+        y32 = y.detach().to(torch.float32)
+        cuda = [y.device] if y.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             if seed is not None:
                 torch.manual_seed(seed)
             g = self.decoder(y32).reshape(len(y32), -1)
@@ -187,15 +214,15 @@ class ConditionalFlow:
 
         path = Path(path)
         tensors = {
-            f"decoder.net.{k}": v.detach().contiguous()
+            f"decoder.net.{k}": v.detach().cpu().contiguous()
             for k, v in self.decoder.net.state_dict().items()
         }
         tensors["decoder.error.mean"] = self.decoder.error.mean.contiguous()
         tensors["decoder.error.covariance"] = self.decoder.error.covariance.contiguous()
         tensors.update(
-            {f"flow.{k}": v.detach().contiguous() for k, v in self.flow.state_dict().items()}
+            {f"flow.{k}": v.detach().cpu().contiguous() for k, v in self.flow.state_dict().items()}
         )
-        tensors["scale"] = self.scale.contiguous()
+        tensors["scale"] = self.scale.cpu().contiguous()
         meta = {
             "format": FORMAT,
             "version": str(VERSION),
