@@ -701,7 +701,7 @@ CLI: dict[str, tuple[str, str]] = {
     # train-decoder
     "train-decoder/data-nan": (
         "train-decoder {pt} --data {data_nan} --out {tmp}/d.safetensors",
-        r"data_nan\.npy.*nan",
+        r"data_nan\.npy.*row \d+ contains NaN",
     ),
     "train-decoder/data-shape": (
         "train-decoder {pt} --data {data_shape} --out {tmp}/d.safetensors",
@@ -726,7 +726,7 @@ CLI: dict[str, tuple[str, str]] = {
     # train-flow and posterior
     "train-flow/data-nan": (
         "train-flow {pt} --data {data_nan} --out {tmp}/f.safetensors",
-        r"data_nan\.npy.*nan",
+        r"data_nan\.npy.*row \d+ contains NaN",
     ),
     "train-flow/epochs": (
         "train-flow {pt} --data {x} --epochs 0 --out {tmp}/f.safetensors",
@@ -747,7 +747,7 @@ CLI: dict[str, tuple[str, str]] = {
     ),
     "posterior/outputs-nan": (
         "posterior {pt} --outputs {y_nan} --flow {flow} --out {tmp}/p",
-        r"y_nan\.npy.*nan",
+        r"y_nan\.npy.*row \d+ contains NaN",
     ),
     "posterior/outputs-shape": (
         "posterior {pt} --outputs {y_shape} --flow {flow} --out {tmp}/p",
