@@ -57,7 +57,9 @@ a prior from the model's own BatchNorm running statistics (method optimize,
 started from seeded faint noise; --samples S inputs per class of --target):
 BatchNormPrior(model, first_multiplier=10), plus 0.2 * TotalVariation(beta=1)
 and a coarse-to-fine first search at half the size (--coarse) for images of
-at least 16x16 pixels.
+at least 16x16 pixels. Ask for a high --confidence (0.9999 in
+bench_datafree): a sample that only just crosses into its class is rarely
+recognisable.
 The residual of every sample, max |model(x) - y|, is measured by running the
 model on the inputs written.
 
@@ -73,7 +75,7 @@ examples:
   nninv invert mnist.onnx --target class=3,7 --prior-data train.npy --out x.npy
   nninv invert mnist.onnx --outputs y.npy --decoder dec.safetensors --out x.npy
   nninv invert bn_cnn.onnx --target class=0,1,2,3,4,5,6,7,8,9 --samples 8 \
-      --prior batchnorm --bounds 0,1 --out x.npy
+      --prior batchnorm --bounds 0,1 --confidence 0.9999 --out x.npy
   nninv invert mnist.onnx --outputs big.npy --batch-size 8192 --out x.npy [--resume]
   nninv invert mnist.onnx --outputs 'parts/*.npy' --ray --address auto --out results/"""
 
