@@ -58,6 +58,18 @@ PUBLIC_MODULES = {
     "nninv.geometry": ["Closest", "Extent", "Preimage", "Samples", "closest", "preimage"],
     "nninv.distributed": ["DatasetRun", "StreamResult", "invert_dataset", "invert_file"],
     "nninv.cli": ["main"],
+    "nninv.invertible": [
+        "ActNorm",
+        "AdditiveCoupling",
+        "AffineCoupling",
+        "BijectiveClassifier",
+        "IResBlock",
+        "InvConv1x1",
+        "InverseReport",
+        "InvertibleBlock",
+        "InvertibleSequential",
+        "Squeeze",
+    ],
 }
 
 #: Layer of each top-level module or subpackage of nninv (higher may import lower).

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .._errors import NNInvError
 from ..learned.decoder import read_safetensors
+from ..model.io import register_safetensors_format
 from ._base import InverseReport, InvertibleSequential
 from .coupling import AffineCoupling
 from .iresnet import IResBlock
@@ -370,3 +371,6 @@ class BijectiveClassifier(nn.Module):
         except RuntimeError as e:
             raise NNInvError(f"'{path}': weights do not match the config: {e}") from None
         return model.eval()
+
+
+register_safetensors_format(_FORMAT.split("/")[0], BijectiveClassifier.load)

@@ -14,7 +14,7 @@ are given (a module, or a scikit-learn MLP) into a module.
 
 from __future__ import annotations
 
-__all__ = ["SUPPORTED_KINDS", "as_module", "load_model"]
+__all__ = ["SUPPORTED_KINDS", "as_module", "load_model", "register_safetensors_format"]
 
 import os
 import zipfile
@@ -36,7 +36,22 @@ SUPPORTED_KINDS: tuple[str, ...] = (
     "ONNX (.onnx)",
     "TorchScript archive (torch.jit.save; .pt, .pth)",
     "scikit-learn MLPClassifier/MLPRegressor saved by skops (.skops)",
+    "nninv.invertible.BijectiveClassifier saved by its save() (.safetensors)",
 )
+
+#: Loaders of safetensors files that carry their own architecture, by the name in the file's
+#: ``format`` metadata before the ``/version``; filled by the upper layers that write them.
+_SAFETENSORS_FORMATS: dict[str, Callable[[Path], nn.Module]] = {}
+
+
+def register_safetensors_format(name: str, loader: Callable[[Path], nn.Module]) -> None:
+    """Make :func:`load_model` read safetensors files whose ``format`` metadata is ``name/...``.
+
+    Upper layers register their self-describing files here (``nninv.invertible``
+    registers ``"nninv.BijectiveClassifier"``), so that this layer need not import them.
+    """
+    _SAFETENSORS_FORMATS[name] = loader
+
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -113,7 +128,10 @@ def load_model(path: str | os.PathLike[str] | Any) -> nn.Module:
         output head (see :func:`nninv.model.io.sklearn.from_sklearn`) in the
         estimator's own dtype (float64 as a rule), with ``input_shape =
         (n_features_in_,)``: ``model(x)`` is ``predict_proba(x)`` (classifiers)
-        or ``predict(x)`` as ``(N, n_outputs)`` (regressors).
+        or ``predict(x)`` as ``(N, n_outputs)`` (regressors). A safetensors file
+        written by ``nninv.invertible.BijectiveClassifier.save`` comes back as that
+        model, in eval mode and the file's dtype (``method="auto"`` inverts it
+        exactly).
 
     Raises
     ------
@@ -170,11 +188,7 @@ def load_model(path: str | os.PathLike[str] | Any) -> nn.Module:
             f"model); refusing to load it. {_SAFE_ALTERNATIVES}"
         )
     if path.suffix.lower() == ".safetensors" or _is_safetensors(path, head):
-        raise NNInvError(
-            f"'{path}' is a safetensors file: it holds weights but no architecture. "
-            f"Build the module in code, fill it with safetensors.torch.load_model, and "
-            f"pass the module itself; or save it as one of: {_kinds()}"
-        )
+        return _load_safetensors(path)
     if path.suffix.lower() in {".keras", ".h5", ".hdf5"}:
         raise NNInvError(
             f"'{path}' has a Keras suffix but is neither a zip archive nor an HDF5 "
@@ -244,6 +258,30 @@ def _is_safetensors(path: Path, head: bytes) -> bool:
         return False
     n = int.from_bytes(head[:8], "little")
     return head[8:9] == b"{" and 8 + n <= path.stat().st_size
+
+
+def _load_safetensors(path: Path) -> nn.Module:
+    """A safetensors file with a registered ``format``; else an error (weights, no architecture)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types on damaged bytes
+        raise _corrupt(path, "safetensors", f"{type(e).__name__}: {e}") from None
+    name = str(meta.get("format", "")).split("/")[0]
+    if name in _SAFETENSORS_FORMATS:
+        return _SAFETENSORS_FORMATS[name](path)
+    if name == "nninv.BijectiveClassifier":
+        raise NNInvError(
+            f"'{path}' is an {name} file, whose loader is not available: nninv.invertible "
+            f"needs zuko (pip install 'nninv[learned]')"
+        )
+    raise NNInvError(
+        f"'{path}' is a safetensors file: it holds weights but no architecture. "
+        f"Build the module in code, fill it with safetensors.torch.load_model, and "
+        f"pass the module itself; or save it as one of: {_kinds()}"
+    )
 
 
 def _load_zip(path: Path) -> nn.Module:
