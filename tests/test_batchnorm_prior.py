@@ -358,6 +358,16 @@ def test_keras_cnn_with_batchnorm(tmp_path):
 # =========================================================================== CLI
 
 
+def export_onnx(net: nn.Module, path) -> None:
+    """Export the 9x9 conv net to ONNX with its BatchNorm layers kept (not folded)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (torch.zeros(2, 1, 9, 9),), path, dynamo=False, do_constant_folding=False,
+            input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+        )  # fmt: skip
+
+
 def test_cli_invert_prior_batchnorm(onnx, tmp_path):
     import contextlib
     import io
@@ -367,12 +377,7 @@ def test_cli_invert_prior_batchnorm(onnx, tmp_path):
     torch.manual_seed(0)
     net = conv_net(11).float()
     path = tmp_path / "bn.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net, (torch.zeros(2, 1, 9, 9),), path, dynamo=False, do_constant_folding=False,
-            input_names=["x"], dynamic_axes={"x": {0: "batch"}},
-        )  # fmt: skip
+    export_onnx(net, path)
     out = tmp_path / "x.npy"
     argv = ["invert", path, "--target", "class=0,1,2", "--samples", "2", "--prior", "batchnorm"]
     argv += ["--out", out]
@@ -408,12 +413,7 @@ def test_cli_invert_coarse_option(onnx, tmp_path):
     assert _coarse("0", (1, 28, 28), True) is None and _coarse("7,5", (1, 28, 28), True) == (7, 5)
     net = conv_net(11).float()
     path = tmp_path / "bn.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net, (torch.zeros(2, 1, 9, 9),), path, dynamo=False, do_constant_folding=False,
-            input_names=["x"], dynamic_axes={"x": {0: "batch"}},
-        )  # fmt: skip
+    export_onnx(net, path)
     out = tmp_path / "x.npy"
     argv = ["invert", path, "--target", "class=0,1,2", "--prior", "batchnorm", "--coarse", "5"]
     buf = io.StringIO()
