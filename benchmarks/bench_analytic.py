@@ -91,11 +91,16 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _timeit(fn: Callable[[], object]) -> tuple[float, int]:
-    """Wall seconds of one call, and the minor page faults it caused."""
+def _timeit(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, int]:
+    """Wall seconds of one call, and the minor page faults it caused.
+
+    ``sync`` waits for the device (``torch.cuda.synchronize`` on CUDA), before and after.
+    """
+    sync()
     f0 = _minor_faults()
     t = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t, _minor_faults() - f0
 
 
@@ -122,10 +127,10 @@ def contenders(
 ) -> dict[str, Callable[[], object]]:
     """The timed calls, keyed by table row, for model ``f`` and its outputs ``y``."""
     W, b = f[0].weight.detach(), f[0].bias.detach()  # (10, n), (10,)
-    y_np, W_np, b_np = y.numpy(), W.numpy(), b.numpy()
-    d = torch.randn(y.shape[0], W.shape[0], dtype=y.dtype)
-    M = torch.randn(W.shape[0], W.shape[1], dtype=y.dtype)
-    d_np, M_np = d.numpy(), M.numpy()
+    y_np, W_np, b_np = y.cpu().numpy(), W.cpu().numpy(), b.cpu().numpy()
+    d = torch.randn(y.shape[0], W.shape[0], dtype=y.dtype).to(y.device)
+    M = torch.randn(W.shape[0], W.shape[1], dtype=y.dtype).to(y.device)
+    d_np, M_np = d.cpu().numpy(), M.cpu().numpy()
     P = torch.linalg.pinv(W).T.contiguous()  # (10, n), computed once like nninv's cache
 
     def floor() -> torch.Tensor:
@@ -157,12 +162,22 @@ def contenders(
 
 
 def bench_dtype(
-    f32: torch.nn.Module, X: torch.Tensor, priors: dict, dtype: torch.dtype, repeats: int
+    f32: torch.nn.Module,
+    X: torch.Tensor,
+    priors: dict,
+    dtype: torch.dtype,
+    repeats: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[dict[str, tuple[float, float, float]], int]:
-    """Per contender: median seconds, median page faults and max residual; edge values moved."""
-    f = copy.deepcopy(f32).to(dtype)
+    """Per contender: median seconds, median page faults and max residual; edge values moved.
+
+    The model and its outputs live on ``device``; the NumPy contenders run on the CPU.
+    """
+    device = torch.device(device)
+    f = copy.deepcopy(f32).to(device, dtype)
     with torch.no_grad():
-        y = f(X.to(dtype))
+        y = f(X.to(device, dtype))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     calls = contenders(f, y, priors)
     times: dict[str, list[tuple[float, int]]] = {k: [] for k in calls}
     results: dict[str, object] = {}
@@ -178,7 +193,7 @@ def bench_dtype(
             results.update({k: fn() for k, fn in group.items()})  # warm-up: fills the caches
             for _ in range(repeats):
                 for k, fn in group.items():
-                    times[k].append(_timeit(fn))
+                    times[k].append(_timeit(fn, sync))
     edge = sum("edge of the range" in str(w.message) for w in caught) // (1 + repeats)
     rows = {}
     for k, ts in times.items():
@@ -187,7 +202,7 @@ def bench_dtype(
             res = float(r.residual.max())
         elif k.startswith("seed"):
             with torch.no_grad():
-                res = float((f(torch.as_tensor(r)) - y).abs().max())
+                res = float((f(torch.as_tensor(r, device=y.device)) - y).abs().max())
         else:
             res = float("nan")
         rows[k] = (statistics.median(t for t, _ in ts), statistics.median(n for _, n in ts), res)
@@ -217,8 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep glibc's default allocator settings (see keep_heap)",
     )
+    parser.add_argument(
+        "--device", default="cpu", help="where the model and its outputs live (cpu, cuda)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     heap = False if args.system_malloc else keep_heap()
@@ -232,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"setup: training {t_train:.1f} s, Gaussian fit {fit_times['fit gaussian']:.1f} s, "
         f"{args.components}-component mixture fit {fit_times['fit mixture']:.1f} s; "
-        f"torch threads {torch.get_num_threads()}, median of {args.repeats} warm calls"
+        f"torch threads {torch.get_num_threads()}, median of {args.repeats} warm calls; "
+        f"device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     )
     print(
         "allocator: "
@@ -253,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     for dname in args.dtypes.split(","):
         dname = dname.strip()
-        rows, edge = bench_dtype(f32, test_x, priors, getattr(torch, dname), args.repeats)
+        rows, edge = bench_dtype(f32, test_x, priors, getattr(torch, dname), args.repeats, device)
         gemm, low = rows["bare GEMM"][0], rows["floor"][0]
         for k, (med, faults, res) in rows.items():
             res_s = "-" if res != res else f"{res:.1e}"

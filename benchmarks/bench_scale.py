@@ -5,12 +5,17 @@ embedded 5,000 digits (5 epochs of Adam), a Gaussian prior fitted on them, and
 ``N`` outputs made from held-out digits with a little seeded noise.
 
 (a) Linear cost: for N in ``--sizes`` (1e4, 1e5, 1e6) and methods pinv and
-analytic, a fresh subprocess streams the ``.npy`` of outputs through
-:func:`nninv.distributed.invert_file` (memory-mapped input, ``--batch-size``
-rows at a time, results appended to ``.npy`` files in a temporary folder) and
-reports its time per output (median of ``--repeats`` runs) and its peak RSS
-(``ru_maxrss``). Target: time per output within 1.3x across the sizes; RSS
-bounded (not growing with N).
+analytic, :func:`nninv.distributed.invert_file` streams the ``.npy`` of outputs
+(memory-mapped input, ``--batch-size`` rows at a time, the same for every size,
+results appended to fresh ``.npy`` files in a temporary folder). The peak RSS
+(``VmHWM``) of each size comes from a subprocess making one call. The times
+come from one other subprocess: one untimed call per size first (the cached
+SVD or posterior, torch's first kernels, the file in the page cache), then
+``--repeats`` rounds, each timing every size in turn (the order rotating) over
+at least ``--min-rows`` outputs (100 calls of 1e4, 10 of 1e5, one of 1e6), so
+that the load of other processes on a shared machine falls on every size
+alike; the time per output is the median over the rounds. Target: within
+1.3x across the sizes; RSS bounded (not growing with N).
 
 (b) Ray: :func:`nninv.distributed.invert_dataset` on a local cluster
 (``num_cpus=2``) with 1 and 2 workers on ``--ray-n`` outputs in float64:
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import resource
 import statistics
@@ -103,68 +109,99 @@ def _peak_rss_mib() -> float:
 
 
 def child(args: argparse.Namespace) -> None:
-    """One streamed run in this process; print JSON with the time and the peak RSS."""
+    """Streamed runs in this process; print JSON.
+
+    ``--child-mode rss``: one call on one file, its peak RSS and results.
+    ``--child-mode time``: every file of ``--child-y`` warmed up by one untimed call,
+    then ``--repeats`` rounds; a round times each file in turn (the order rotating
+    from round to round) over at least ``--min-rows`` outputs, so that load from
+    other processes falls on every size alike.
+    """
     from nninv.distributed import invert_file
     from nninv.priors import GaussianPrior
 
     torch.set_num_threads(args.threads)
     w = np.load(Path(args.folder) / "weights.npz")
     dtype = getattr(torch, args.dtype)
-    f = _model(w["W"], w["b"], dtype)
+    f = _model(w["W"], w["b"], dtype).to(args.device)  # invert_file moves batches there
     prior = GaussianPrior(torch.from_numpy(w["mean"]), torch.from_numpy(w["cov"]))
-    times = []
+    paths = args.child_y.split(",")
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
-        for _ in range(args.repeats):
+
+        def run(path: str):
+            # a fresh file each call, as a real run writes: overwriting the previous call's
+            # output would time the kernel freeing its pages (a cost that grows with N)
+            for p in Path(tmp).glob("x.*"):
+                p.unlink()
             t = time.perf_counter()
             r = invert_file(
                 f,
-                args.child_y,
+                path,
                 Path(tmp) / "x.npy",
                 args.child_method,
                 prior if args.child_method == "analytic" else None,
                 batch_size=args.batch_size,
                 progress=False,
             )
-            times.append(time.perf_counter() - t)
-    rss = _peak_rss_mib()
-    print(
-        json.dumps(
-            {
-                "seconds": statistics.median(times),
-                "rss_mib": rss,
-                "n": r.n,
-                "converged": r.n_converged,
-                "max_residual": r.max_residual,
-            }
-        )
-    )
+            return r, time.perf_counter() - t
+
+        if args.child_mode == "rss":
+            r, _ = run(paths[0])
+            out = {"rss_mib": _peak_rss_mib(), "n": r.n, "converged": r.n_converged}
+            print(json.dumps(out | {"max_residual": r.max_residual}))
+            return
+        sizes = [int(np.load(p, mmap_mode="r").shape[0]) for p in paths]
+        calls = [max(1, math.ceil(args.min_rows / n)) for n in sizes]
+        for p in paths:
+            run(p)  # warm-up: the cached SVD / posterior, torch's first kernels, the page cache
+        per: list[list[float]] = [[] for _ in paths]
+        for k in range(args.repeats):
+            for j in np.roll(np.arange(len(paths)), -k):
+                total = sum(run(paths[j])[1] for _ in range(calls[j]))
+                per[j].append(1e6 * total / (calls[j] * sizes[j]))
+    print(json.dumps({"us": per, "calls": calls}))
+
+
+def _device_name(device: str) -> str:
+    d = torch.device(device)
+    return f"{d} ({torch.cuda.get_device_name(d)})" if d.type == "cuda" else str(d)
 
 
 def linear(args: argparse.Namespace, folder: Path, files: dict) -> bool:
     print(
-        f"(a) streamed, {args.dtype}, batch {args.batch_size}, {args.threads} torch thread(s), median of {args.repeats}"
+        f"(a) streamed on {_device_name(args.device)}, {args.dtype}, batch {args.batch_size}, "
+        f"{args.threads} torch thread(s); "
+        f"one warm-up call per size, then {args.repeats} interleaved rounds, each timing every "
+        f"size over >= {args.min_rows:.0e} outputs; median over the rounds"
     )
-    head = f"{'method':<10} {'N':>9} {'s total':>9} {'us/output':>10} {'x smallest N':>13} {'peak RSS MiB':>13} {'converged':>10} {'max residual':>13}"
+    head = (
+        f"{'method':<10} {'N':>9} {'calls/round':>12} {'us/output':>10} {'min..max':>14} "
+        f"{'x smallest N':>13} {'peak RSS MiB':>13} {'converged':>10} {'max residual':>13}"
+    )
     print(head)
     print("-" * len(head))
     ok = True
+    common = [
+        "--folder", str(folder), "--dtype", args.dtype, "--batch-size", str(args.batch_size),
+        "--threads", str(args.threads), "--device", args.device,
+    ]  # fmt: skip
     for method in ("pinv", "analytic"):
-        base = None
-        per = []
-        for n, path in files.items():
-            cmd = [
-                sys.executable, str(HERE), "--child-y", path, "--child-method", method,
-                "--folder", str(folder), "--dtype", args.dtype, "--batch-size", str(args.batch_size),
-                "--repeats", str(args.repeats), "--threads", str(args.threads),
-            ]  # fmt: skip
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            us = 1e6 * r["seconds"] / n
-            base = base or us
-            per.append(us)
+        cmd = [sys.executable, str(HERE), "--child-method", method, *common]
+        rss = []
+        for path in files.values():
+            more = ["--child-y", path, "--child-mode", "rss"]
+            out = subprocess.run(cmd + more, capture_output=True, text=True, check=True)
+            rss.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        more = ["--child-y", ",".join(files.values()), "--child-mode", "time"]
+        more += ["--repeats", str(args.repeats), "--min-rows", str(args.min_rows)]
+        out = subprocess.run(cmd + more, capture_output=True, text=True, check=True)
+        t = json.loads(out.stdout.strip().splitlines()[-1])
+        per = [statistics.median(u) for u in t["us"]]
+        for n, us, u, c, r in zip(files, per, t["us"], t["calls"], rss):
             print(
-                f"{method:<10} {n:>9} {r['seconds']:>9.3f} {us:>10.2f} {us / base:>12.2f}x "
-                f"{r['rss_mib']:>13.0f} {r['converged']:>10} {r['max_residual']:>13.1e}"
+                f"{method:<10} {n:>9} {c:>12} {us:>10.3f} {min(u):>6.2f}..{max(u):<6.2f} "
+                f"{us / per[0]:>12.2f}x {r['rss_mib']:>13.0f} {r['converged']:>10} "
+                f"{r['max_residual']:>13.1e}"
             )
         spread = max(per) / min(per)
         print(f"  {method}: time per output spread {spread:.2f}x across sizes (target <= 1.3x)")
@@ -253,14 +290,24 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype", default="float32", help="outputs and computation (default float32)"
     )
     parser.add_argument("--batch-size", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument(
+        "--min-rows",
+        type=float,
+        default=1e6,
+        help="outputs timed per size in each round, at least (default 1e6)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ray-n", type=int, default=50_000)
     parser.add_argument("--ray-batch", type=int, default=5_000)
+    parser.add_argument(
+        "--device", default="cpu", help="the model's device in (a): cpu or cuda (default cpu)"
+    )
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--child-y", help=argparse.SUPPRESS)
     parser.add_argument("--child-method", help=argparse.SUPPRESS)
+    parser.add_argument("--child-mode", choices=("rss", "time"), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.child_y:
