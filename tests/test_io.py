@@ -854,6 +854,22 @@ def assert_standard_nested(model: nn.Module) -> None:
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 @pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_float32_chain_is_rebuilt_under_float64_default(tmp_path, how):
+    # the check inputs take the archive's dtype, not torch's default dtype
+    torch.manual_seed(0)
+    saved = _save_ts(_ts_leaky(), how, tmp_path / "m.pt", None)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = load_model(tmp_path / "m.pt")
+    finally:
+        torch.set_default_dtype(old)
+    assert_standard_nested(model)
+    assert _ts_max_diff(model, saved, (12,)) <= TS_TOL["outputs"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+@pytest.mark.parametrize("how", ["script", "trace"])
 @pytest.mark.parametrize("name", ["seed", "leaky"])
 def test_torchscript_chain_pinv_round_trip(tmp_path, name, how):
     import nninv

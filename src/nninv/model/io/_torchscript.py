@@ -154,10 +154,12 @@ def _leading_linear_shape(model: nn.Sequential) -> tuple[int, ...] | None:
 
 def _agrees(eager: nn.Module, script: nn.Module, shape: Sequence[int]) -> bool:
     try:
+        # the archive's own dtype, not torch's default (which a caller may have set to float64)
+        dtype = next(iter(script.parameters()), torch.empty(0, dtype=torch.float32)).dtype
         with torch.no_grad():
             for seed in _VERIFY_SEEDS:
                 gen = torch.Generator().manual_seed(seed)
-                x = torch.randn((_VERIFY_BATCH, *shape), generator=gen)
+                x = torch.randn((_VERIFY_BATCH, *shape), generator=gen, dtype=dtype)
                 want, got = script(x), eager(x)
                 if not (isinstance(want, Tensor) and isinstance(got, Tensor)):
                     return False
