@@ -65,7 +65,15 @@ class BijectiveClassifier(nn.Module):
         The i-ResNet blocks' bound ``c < 1``.
     slope : float
         The couplings' smallest scale factor (their log-scales stay within
-        ``+-log(1/slope)``), which keeps the stack well conditioned in training.
+        ``+-log(1/slope)``), which keeps the stack well conditioned. On MNIST
+        0.5 gives a Jacobian condition number near 50 at the same accuracy as
+        0.1 (near 190).
+    mixing : {"fixed", "learned"}
+        Whether the :class:`InvConv1x1` after each coupling keeps its seeded
+        random rotation (condition number 1) or is trained. Trained mixing
+        reached condition numbers of 1e4 per matrix on MNIST (1e7 for the whole
+        net), which makes a float32 inverse meaningless; fixed mixing trains
+        to the same accuracy.
     seed : int
         Seed of every initial weight.
 
@@ -93,12 +101,15 @@ class BijectiveClassifier(nn.Module):
         iresnet: int = 1,
         iresnet_hidden: int = 64,
         lipschitz: float = 0.9,
-        slope: float = 0.1,
+        slope: float = 0.5,
+        mixing: str = "fixed",
         seed: int = 0,
     ) -> None:
         super().__init__()
         if not 1 <= classes < features:
             raise NNInvError(f"need 1 <= classes < features, got {classes} and {features}")
+        if mixing not in ("fixed", "learned"):
+            raise NNInvError(f"mixing must be 'fixed' or 'learned', got {mixing!r}")
         self.config: dict[str, Any] = dict(
             features=features,
             classes=classes,
@@ -109,6 +120,7 @@ class BijectiveClassifier(nn.Module):
             iresnet_hidden=iresnet_hidden,
             lipschitz=lipschitz,
             slope=slope,
+            mixing=mixing,
             seed=seed,
         )
         self.features, self.classes = features, classes
@@ -120,7 +132,10 @@ class BijectiveClassifier(nn.Module):
             for k in range(couplings):
                 mask = first if k % 2 else ~first
                 blocks.append(AffineCoupling(features, hidden, mask=mask, slope=slope))
-                blocks.append(InvConv1x1(features, seed=seed + k))
+                mix = InvConv1x1(features, seed=seed + k)
+                if mixing == "fixed":  # a random rotation, condition number 1
+                    mix.requires_grad_(False)
+                blocks.append(mix)
             rest = torch.arange(features) >= classes
             blocks.append(AffineCoupling(features, head_hidden, mask=rest, slope=slope))
             for k in range(iresnet):
@@ -226,7 +241,8 @@ class BijectiveClassifier(nn.Module):
         p = next(self.parameters())
         X, labels = X.to(p.device, p.dtype), labels.to(p.device)
         g = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        params = [q for q in self.parameters() if q.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr)
         n_batches = math.ceil(len(X) / batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=lr, total_steps=epochs * n_batches, pct_start=0.2
@@ -260,7 +276,7 @@ class BijectiveClassifier(nn.Module):
                         )
                     opt.zero_grad()
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
+                    torch.nn.utils.clip_grad_norm_(params, clip)
                     opt.step()
                     sched.step()
                     total += value

@@ -116,9 +116,18 @@ class IResBlock(InvertibleBlock):
                     v.copy_(F.normalize(w.T @ u, dim=0))
                     u.copy_(F.normalize(w @ v, dim=0))
 
-    def tighten(self, n_steps: int = 100) -> None:
-        """Run power iterations until the stored spectral-norm estimates are tight."""
-        self._power_step(n_steps)
+    def tighten(self) -> None:
+        """Make the stored spectral-norm estimates exact: ``u``, ``v`` become the top singular pair.
+
+        Power iteration only bounds ``||W||_2`` from below; with close top
+        singular values 100 steps left a trained block at ``Lip(g)`` 0.903 for
+        ``c`` = 0.9. An SVD (in float64) makes the normalised block meet ``c``.
+        """
+        with torch.no_grad():
+            for w, u, v in ((self.w1, self.u1, self.v1), (self.w2, self.u2, self.v2)):
+                U, _, Vh = torch.linalg.svd(w.double(), full_matrices=False)
+                u.copy_(U[:, 0])
+                v.copy_(Vh[0])
 
     def weights(self) -> tuple[Tensor, Tensor]:
         """The normalised ``W1`` (hidden, features) and ``W2`` (features, hidden)."""

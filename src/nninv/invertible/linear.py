@@ -126,22 +126,56 @@ class InvConv1x1(InvertibleBlock):
         L, U = self.factors()
         return (L @ U)[self.order]
 
+    def _needs_weight_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+
+    def matrices(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(W, W^-1)`` formed in float64 and rounded once to ``dtype`` (constants, cached).
+
+        Used when no gradient with respect to the weights is needed (inference,
+        frozen weights): products with the factors ``L``, ``U`` in float32
+        lose several digits at 784 channels (the LU factors of a rotation are
+        far worse conditioned than the rotation), one product with ``W`` does
+        not. The cache is keyed on the parameters' storage and version, so an
+        optimiser step or ``load_state_dict`` refreshes it.
+        """
+        params = (self.lower, self.upper, self.log_s)
+        key = (dtype, device, *((p.data_ptr(), p._version) for p in params))
+        cache = self.__dict__.get("_matrices")
+        if cache is not None and cache[0] == key:
+            return cache[1], cache[2]
+        with torch.no_grad():
+            L, U = (m.to(torch.float64) for m in self.factors())
+            w = (L @ U)[self.order]
+            w_inv = torch.linalg.inv(w)
+        out = (w.to(device, dtype), w_inv.to(device, dtype))
+        self.__dict__["_matrices"] = (key, *out)
+        return out
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h, pixels = _channels_last(x, self.channels, "InvConv1x1")
-        L, U = self.factors()
-        # L (U h) as two products with the batch: cheaper than forming L U (C^3) per call
-        y = ((h @ U.mT) @ L.mT)[..., self.order]
+        if self._needs_weight_grad():
+            L, U = self.factors()
+            # L (U h) as two products with the batch: cheaper than forming L U (C^3) per step
+            y = ((h @ U.mT) @ L.mT)[..., self.order]
+        else:
+            w, _ = self.matrices(h.dtype, h.device)
+            y = h @ w.mT
         logdet = (pixels * self.log_s.sum()).expand(x.shape[0])
-        return _channels_first(y, x), logdet
+        return _channels_first(y, x), logdet.to(x.dtype)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, InverseReport]:
         h, pixels = _channels_last(y, self.channels, "InvConv1x1")
-        L, U = self.factors()
-        rows = h[..., self.order.argsort()].reshape(-1, self.channels).T
-        # two triangular solves with all pixels as right-hand sides (zuko solves one at a time)
-        v = torch.linalg.solve_triangular(L, rows, upper=False)
-        v = torch.linalg.solve_triangular(U, v, upper=True, unitriangular=True)
-        x = v.T.reshape(h.shape)
+        if self._needs_weight_grad():
+            L, U = self.factors()
+            rows = h[..., self.order.argsort()].reshape(-1, self.channels).T
+            # two triangular solves with all pixels as right-hand sides (zuko solves one at a time)
+            v = torch.linalg.solve_triangular(L, rows, upper=False)
+            v = torch.linalg.solve_triangular(U, v, upper=True, unitriangular=True)
+            x = v.T.reshape(h.shape)
+        else:
+            _, w_inv = self.matrices(h.dtype, h.device)
+            x = h @ w_inv.mT
         logdet = (-pixels * self.log_s.sum()).expand(y.shape[0])
         x = _channels_first(x, y)
         return x, InverseReport.exact(x, logdet.to(y.dtype))
