@@ -46,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--decoder", metavar="DEC.safetensors", help="a decoder from 'nninv train-decoder'"
     )
     parser.add_argument(
-        "--epochs", type=int, default=20, metavar="E", help="flow training epochs (default: 20)"
+        "--epochs", type=int, default=12, metavar="E", help="flow training epochs (default: 12)"
     )
     parser.add_argument(
         "--transforms", type=int, default=3, metavar="T", help="flow transforms (default: 3)"

@@ -116,7 +116,7 @@ class ConditionalFlow:
         decoder: Decoder | None = None,
         transforms: int = 3,
         hidden: Sequence[int] = (256, 256),
-        epochs: int = 20,
+        epochs: int = 12,
         batch_size: int = 256,
         lr: float = 1e-3,
         seed: int = 0,
@@ -134,7 +134,8 @@ class ConditionalFlow:
         transforms, hidden : int, sequence of int
             Autoregressive transforms and the hidden widths of each one's network.
         epochs, batch_size, lr : int, int, float
-            Adam on the negative log-likelihood.
+            Adam on the negative log-likelihood. 12 epochs on the 60,000 MNIST
+            training images take about 170 s on 2 CPU threads (bench_learned (c)).
         seed : int
         progress : bool, optional
             Show a progress bar (default: when the training has over 2,000 steps).
