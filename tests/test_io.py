@@ -740,6 +740,24 @@ def test_truncated_file(valid_files, tmp_path, kind, cut):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("field", ["name", "version"])
+def test_damaged_zip_directory(valid_files, tmp_path, field):
+    # the last central-directory entry: a member name that is not UTF-8 (zipfile raises
+    # UnicodeDecodeError) or a nonsense "version needed" (NotImplementedError)
+    data = bytearray(valid_files["torchscript"].read_bytes())
+    at = data.rfind(b"PK\x01\x02")
+    assert at > 0 and data[at + 9] & 0x08  # flag bit 11 (byte 9, bit 3): UTF-8 names
+    if field == "name":
+        data[at + 46] = 0x80
+    else:
+        data[at + 6 : at + 8] = (255).to_bytes(2, "little")
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(NNInvError, match=r"damaged zip archive") as info:
+        load_model(path)
+    assert str(path) in str(info.value)
+
+
 @pytest.mark.parametrize("suffix", [".keras", ".h5", ".onnx", ".pt", ".bin", ""])
 def test_random_bytes(tmp_path, suffix):
     path = tmp_path / f"noise{suffix}"

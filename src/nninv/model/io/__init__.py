@@ -288,7 +288,9 @@ def _load_zip(path: Path) -> nn.Module:
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    # a damaged central directory can also raise ValueError (UnicodeDecodeError on a
+    # member name) or NotImplementedError (a nonsense zip version)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
         raise NNInvError(
             f"'{path}' is a damaged zip archive ({e}): the file is corrupt or truncated"
         ) from None
