@@ -10,6 +10,7 @@ caller-dtype check are what keeps boundary points out.
 from __future__ import annotations
 
 import itertools
+import sys
 import warnings
 
 import numpy as np
@@ -22,6 +23,8 @@ import nninv
 from nninv import ClassTarget
 from nninv.geometry import _attack
 from nninv.geometry.closest import SLACK
+
+closest_module = sys.modules["nninv.geometry.closest"]
 
 
 def relu_net(sizes: list[int], seed: int, dtype: torch.dtype) -> nn.Sequential:
@@ -163,8 +166,18 @@ def test_margin_too_small_for_float32_is_caught(monkeypatch):
     for margin in (0.0, None):
         bad, _ = run(margin)
         assert bad == 0
+    # the margin ladder from float64's 1e-9 s: the float32 check refuses what float64
+    # accepted, the margin grows, and no answer is out of class
+    monkeypatch.setattr(
+        closest_module,
+        "_margins",
+        lambda check, net, x0: [
+            10.0**k * closest_module._lp_margin_scale(net, x0) for k in range(-9, -2)
+        ],
+    )
     bad, rejected = run(None)
-    assert rejected > 0  # float32 refused points float64 accepted: the margin grew
+    assert bad == 0 and rejected > 0
+    # the mutation: that ladder and no check in float32
     monkeypatch.setattr(_attack._Checker, "native_ok", lambda self, x: True)
     bad, _ = run(None)
     assert bad > 0
