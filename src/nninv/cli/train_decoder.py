@@ -60,9 +60,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--hidden",
-        default="512,512",
-        metavar="W1,W2",
-        help="hidden widths of the MLP (default: 512,512)",
+        default="512,512,512,512",
+        metavar="W1,W2,...",
+        help="hidden widths of the MLP (default: 512,512,512,512)",
     )
     parser.add_argument(
         "--epochs", type=int, default=30, metavar="E", help="training epochs (default: 30)"

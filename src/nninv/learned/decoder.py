@@ -187,11 +187,11 @@ class Decoder:
         X: Any,
         *,
         arch: str = "auto",
-        hidden: Sequence[int] = (512, 512),
+        hidden: Sequence[int] = (512, 512, 512, 512),
         epochs: int = 30,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-        loss: str = "mse",
+        batch_size: int = 512,
+        lr: float = 2e-3,
+        loss: str = "log_mse",
         holdout: float = 0.1,
         box: tuple[float, float] | str | None = "auto",
         seed: int = 0,
@@ -210,14 +210,19 @@ class Decoder:
             ``(C, H, W)`` with ``H`` and ``W`` divisible by 4); ``"auto"`` picks
             it for such inputs of at least 8 x 8, else ``"mlp"``.
         hidden : sequence of int
-            Widths of the MLP's hidden layers.
+            Widths of the MLP's hidden layers. Depth is what pays: on the seed's
+            model (bench_learned.py; 2,000 MNIST test outputs, 30 epochs) two
+            layers of 512 reach 17.0 dB, three 17.5 and four 17.5-17.6, six no more.
         epochs, batch_size, lr : int, int, float
-            Adam with a one-cycle learning-rate schedule.
-        loss : {"mse", "log_mse"}
-            ``"mse"``: the mean squared error (``g`` approximates the conditional
-            mean ``E[x | y]``). ``"log_mse"``: the mean over samples of
-            ``log(mse_i + 1e-4)``, which weighs every sample's PSNR equally rather
-            than every pixel (``mse_i`` is sample ``i``'s mean squared error).
+            Adam with a one-cycle learning-rate schedule peaking at ``lr``. Batches
+            of 512 at 2e-3 train the four layers in 140 s on 60,000 images (2 CPU
+            threads) to the PSNR that batches of 256 at 1e-3 reach in 170 s.
+        loss : {"log_mse", "mse"}
+            ``"log_mse"`` (default): the mean over samples of ``log(mse_i + 1e-4)``,
+            which weighs every sample's PSNR equally rather than every pixel
+            (``mse_i`` is sample ``i``'s mean squared error); 0.2-0.25 dB above
+            ``"mse"`` on the MNIST benchmarks. ``"mse"``: the mean squared error
+            (``g`` approximates the conditional mean ``E[x | y]``).
         holdout : float
             Share of ``X`` kept out of training to fit the error covariance, in (0, 0.5].
         box : (lo, hi), "auto" or None
