@@ -43,7 +43,8 @@ def X() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def dec(seed_model, X) -> Decoder:
-    return Decoder.fit(seed_model, X, hidden=(64, 64), epochs=40, progress=False)
+    # plain MSE (the default is log_mse): test_log_mse_loss_weighs_samples_equally compares them
+    return Decoder.fit(seed_model, X, hidden=(64, 64), epochs=40, loss="mse", progress=False)
 
 
 def test_fit_learns_and_keeps_shapes(dec, seed_model, X):
