@@ -84,6 +84,47 @@ def test_save_load_round_trip(flow, model, X, tmp_path):
     assert back.config == flow.config
 
 
+def test_logit_space_is_the_default_in_a_box_and_inverts_itself(flow):
+    from nninv.learned.flow import _from_logit, _to_logit
+
+    assert flow.config["space"] == "logit"  # the decoder's box is [0, 1]
+    x = torch.tensor([0.0, 1e-3, 0.25, 0.5, 0.999, 1.0], dtype=F64)
+    for box in ([0.0, 1.0], [-2.0, 3.0]):
+        xb = box[0] + (box[1] - box[0]) * x
+        assert (_from_logit(_to_logit(xb, box), box) - xb).abs().max() <= 1e-12
+        # dequantised: no value on the box's edge, so every logit is finite
+        v = _to_logit(xb, box, torch.full_like(xb, 0.5))
+        assert bool(torch.isfinite(v).all()) and float(v.abs().max()) < 7.0
+
+
+def test_both_spaces_sample_and_round_trip(model, X, tmp_path):
+    """Logit-space draws lie in the box by construction; linear ones are ``g + s z``."""
+    dec = Decoder.fit(model, X, hidden=(32,), epochs=10, progress=False)
+    kw = dict(decoder=dec, transforms=2, hidden=(32,), epochs=10, progress=False)
+    y = model(X[:20])
+    for space in ("logit", "linear"):
+        f = ConditionalFlow.fit(model, X, space=space, **kw)
+        assert f.config["space"] == space
+        d = f.sample(y, 16, seed=0)
+        assert float(d.std(1).mean()) > 0
+        if space == "logit":
+            assert bool(((d >= 0) & (d <= 1)).all())
+        back = ConditionalFlow.load(f.save(tmp_path / f"{space}.safetensors"))
+        assert back.config["space"] == space
+        assert torch.equal(back.sample(y, 16, seed=0), d)
+        post = nninv.posterior(model, y[:4], f, n=4, seed=0)
+        assert bool(post.converged.all())
+        assert float(post.residual.max()) <= EPS[F64]["residual"]
+
+
+def test_space_errors(flow, model, X):
+    with pytest.raises(NNInvError, match="space must be"):
+        ConditionalFlow.fit(model, X, decoder=flow.decoder, space="log", progress=False)
+    dec = Decoder.fit(model, X, hidden=(8,), epochs=1, box=None, progress=False)
+    with pytest.raises(NNInvError, match="needs a decoder with a box"):
+        ConditionalFlow.fit(model, X, decoder=dec, space="logit", epochs=1, progress=False)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "random", "decoder-file"])
 def test_damaged_files_are_named(flow, tmp_path, damage):
     good = flow.save(tmp_path / "good.safetensors").read_bytes()
