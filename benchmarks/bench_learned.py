@@ -142,8 +142,9 @@ def part_b(args, checks: list[tuple[bool, str]]) -> None:
     labels = test.labels[: args.n_deep]
     print(
         f"  {'net':<26} {'method':<28} {'train s':>8} {'ms/image':>9} {'x opt':>6} "
-        f"{'res<=1e-5':>10} {'max res':>9} {'PSNR':>6} {'judge':>6}"
+        f"{'res<=1e-5':>10} {'max res':>9} {'PSNR':>6} {'judge':>6} {'j|f ok':>8}"
     )
+    print("  (j|f ok: the judge's score on the images whose class the net itself gets right)")
     real = bo.recognised(judge, X, labels)
     for name, f32 in nets.items():
         if args.nets and not any(k in name for k in args.nets.split(",")):
@@ -153,6 +154,8 @@ def part_b(args, checks: list[tuple[bool, str]]) -> None:
         Xs = X.reshape(len(X), *shape)
         with torch.no_grad():
             y = f(Xs)
+        # what the outputs can tell: the net's own class is right for this share of X
+        right = y.argmax(1) == labels
         dec, t_dec = _timed(
             lambda f32=f32, shape=shape: Decoder.fit(
                 f32, Xtr.reshape(len(Xtr), *shape), arch=args.arch, epochs=args.epochs,
@@ -181,14 +184,21 @@ def part_b(args, checks: list[tuple[bool, str]]) -> None:
         for label, (dt, share, rmax, x) in out.items():
             p = float(psnr(x.reshape(-1, 1, 28, 28), X.reshape(-1, 1, 28, 28)).mean())
             r = bo.recognised(judge, x, labels)
+            r_right = bo.recognised(judge, x[right], labels[right])
             tr = f"{t_dec:.0f}" if label.startswith("decoder") else "-"
             print(
                 f"  {name:<26} {label:<28} {tr:>8} {1000 * dt / len(X):>9.1f} "
-                f"{dt / t_opt:>5.2f}x {share:>10.3f} {rmax:>9.1e} {p:>6.2f} {r:>6.3f}"
+                f"{dt / t_opt:>5.2f}x {share:>10.3f} {rmax:>9.1e} {p:>6.2f} {r:>6.3f} "
+                f"{r_right:>8.3f}"
             )
             out[label] = (dt, share, rmax, r)
         dt, share, _, r = out["decoder + projection"]
         _, _, _, r_opt = out["optimize, mixture prior"]
+        print(
+            f"  {name}: the net's own class is right for {float(right.double().mean()):.3f} "
+            f"of these images; the judge recognises "
+            f"{bo.recognised(judge, X[right], labels[right]):.3f} of those real images"
+        )
         checks.append((r >= TARGETS["recognition"], f"{name}: judge {r:.3f} >= 0.97"))
         checks.append((share >= TARGETS["converged_share"], f"{name}: {share:.3f} within 1e-5"))
         checks.append(
