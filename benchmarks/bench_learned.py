@@ -10,7 +10,7 @@ higher PSNR and SSIM than the mixture; the raw decoder's residual is printed to
 show what the projection buys.
 
 (b) The deep nets of ``bench_optimize.py`` (leaky MLP, ReLU MLP, small CNN; from
-its cache, or trained): a decoder per net (conv head for the CNN), and the
+its cache, or trained): a decoder per net (MLP head; ``--arch`` for others), and the
 outputs of 256 test images inverted with ``method="decoder"`` and with
 ``method="optimize"`` under the 40-component mixture, both within ``[0, 1]``.
 Targets: recognised by the adversarially trained judge at >= 0.97, residual
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "--loss", choices=("mse", "log_mse"), default="log_mse", help="decoder loss (log_mse)"
     )
     parser.add_argument(
-        "--arch", choices=("auto", "mlp", "conv"), default="auto", help="(b) decoder head (auto)"
+        "--arch", choices=("auto", "mlp", "conv"), default="mlp", help="(b) decoder head (mlp)"
     )
     parser.add_argument("--nets", help="(b) only the nets whose names contain these, e.g. CNN")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")

@@ -126,7 +126,8 @@ def test_conv_head_for_images():
     torch.manual_seed(3)
     f = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.Softmax(dim=1)).eval()
     X = torch.rand(200, 1, 8, 8)
-    dec = Decoder.fit(f, X, hidden=(32,), epochs=2, progress=False)
+    assert Decoder.fit(f, X, hidden=(8,), epochs=1, progress=False).config["arch"] == "mlp"
+    dec = Decoder.fit(f, X, arch="auto", hidden=(32,), epochs=2, progress=False)
     assert dec.config["arch"] == "conv"
     assert dec(f(X[:3])).shape == (3, 1, 8, 8)
 

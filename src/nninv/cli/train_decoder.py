@@ -55,8 +55,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--arch",
         choices=("auto", "mlp", "conv"),
-        default="auto",
-        help="decoder architecture (default: conv for (C, H, W) images, else mlp)",
+        default="mlp",
+        help="decoder architecture: mlp (default), conv (transposed convolutions, for "
+        "(C, H, W) images), or auto (conv for such images, else mlp)",
     )
     parser.add_argument(
         "--hidden",

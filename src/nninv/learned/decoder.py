@@ -186,7 +186,7 @@ class Decoder:
         model: nn.Module,
         X: Any,
         *,
-        arch: str = "auto",
+        arch: str = "mlp",
         hidden: Sequence[int] = (512, 512, 512, 512),
         epochs: int = 30,
         batch_size: int = 512,
@@ -208,7 +208,10 @@ class Decoder:
         arch : {"auto", "mlp", "conv"}
             ``"conv"`` ends in two stride-2 transposed convolutions (inputs
             ``(C, H, W)`` with ``H`` and ``W`` divisible by 4); ``"auto"`` picks
-            it for such inputs of at least 8 x 8, else ``"mlp"``.
+            it for such inputs of at least 8 x 8, else ``"mlp"``. The default is
+            the MLP, images included: on the CNN of bench_learned (b), 1,024 MNIST
+            test outputs, the conv head took 582 s to train against 116 s and was
+            recognised by the judge at 0.967 against 0.975, at the same PSNR (15.72 dB).
         hidden : sequence of int
             Widths of the MLP's hidden layers. Depth is what pays: on the seed's
             model (bench_learned.py; 2,000 MNIST test outputs, 30 epochs) two
