@@ -35,6 +35,8 @@ from .decoder import Decoder, _as_tensor, _outputs, read_safetensors, train_devi
 FORMAT = "nninv.ConditionalFlow"
 GRAD_CLIP = 1.0  # max gradient norm per step
 SCALE_FLOOR = 0.1  # the least per-input scale, as a share of the errors' RMS
+ALPHA = 1e-3  # logits are taken of alpha + (1 - 2 alpha) a, a in [0, 1]
+DEQUANT = 256  # dequantisation: a -> (a (DEQUANT - 1) + u) / DEQUANT, u ~ U(0, 1)
 VERSION = 1
 
 
@@ -169,6 +171,8 @@ class ConditionalFlow:
         for name, v in (("epochs", epochs), ("batch_size", batch_size), ("transforms", transforms)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise NNInvError(f"{name} must be a positive integer, got {v!r}")
+        if space not in ("auto", "logit", "linear"):
+            raise NNInvError(f"space must be 'auto', 'logit' or 'linear', got {space!r}")
         if decoder is None:
             decoder = Decoder.fit(model, X, seed=seed, progress=progress)
         Y = _outputs(model, X)
@@ -178,8 +182,6 @@ class ConditionalFlow:
         box = decoder.config.get("box")
         if space == "auto":
             space = "logit" if box is not None else "linear"
-        if space not in ("logit", "linear"):
-            raise NNInvError(f"space must be 'auto', 'logit' or 'linear', got {space!r}")
         if space == "logit" and box is None:
             raise NNInvError("space='logit' needs a decoder with a box (Decoder.fit(box=...))")
         with torch.no_grad():
@@ -305,10 +307,6 @@ class ConditionalFlow:
                 f"flow file '{path}' is inconsistent ({type(e).__name__}: {e}): the file is corrupt"
             ) from None
         return cls(Decoder(net, dconfig, error), flow, scale, config)
-
-
-ALPHA = 1e-3  # logits are taken of alpha + (1 - 2 alpha) a, a in [0, 1]
-DEQUANT = 256  # dequantisation: a -> (a (DEQUANT - 1) + u) / DEQUANT, u ~ U(0, 1)
 
 
 def _to_logit(x: Tensor, box: Sequence[float], u: Tensor | None = None) -> Tensor:
