@@ -53,8 +53,8 @@ import scipy.special
 import torch
 
 from nninv import NNInvWarning, invert
-from nninv.cli._demo import fit_priors, load_split, train_seed_model
 from nninv.datasets import default_mnist_dir
+from nninv.experiments.seed import fit_priors, load_split, train_seed_model
 
 TARGET_RATIO = 3.0
 

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_optimize as bo  # noqa: E402
 
 from nninv import NNInvWarning, invert  # noqa: E402
-from nninv.cli._demo import load_split  # noqa: E402
 from nninv.datasets import default_mnist_dir  # noqa: E402
+from nninv.experiments.seed import load_split  # noqa: E402
 from nninv.priors import GaussianPrior  # noqa: E402
 
 NAME = "CNN conv-bn-relu-pool x2"

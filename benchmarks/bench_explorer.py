@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_optimize as bo  # noqa: E402
 
 from nninv import NNInvError  # noqa: E402
-from nninv.cli._demo import load_split  # noqa: E402
+from nninv.experiments.seed import load_split  # noqa: E402
 from nninv.explorer import create_app, default_explorer, explorer_for  # noqa: E402
 
 TARGETS = {"seed": 0.200, "cnn": 0.500}

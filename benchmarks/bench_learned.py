@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from nninv import NNInvWarning, invert
-from nninv.cli._demo import fit_priors, load_split, train_seed_model
 from nninv.datasets import default_mnist_dir
+from nninv.experiments.seed import fit_priors, load_split, train_seed_model
 from nninv.learned import Decoder
 from nninv.metrics import psnr, ssim
 

@@ -59,7 +59,7 @@ def _model(W: np.ndarray, b: np.ndarray, dtype: torch.dtype) -> nn.Module:
 
 def setup(folder: Path, sizes: list[int], dtype: str, seed: int) -> dict:
     """Train the model, fit the prior, write the weights and the outputs files."""
-    from nninv.cli._demo import load_split, train_seed_model
+    from nninv.experiments.seed import load_split, train_seed_model
     from nninv.priors import GaussianPrior
 
     train, test = load_split("mnist5k", n_test=1000, seed=seed)

@@ -22,8 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from nninv.cli._demo import DemoConfig, format_table, run_demo
 from nninv.datasets import default_mnist_dir
+from nninv.experiments.seed import DemoConfig, format_table, run_demo
 
 MAX_RESIDUAL = 1e-5
 PINV_PSNR = (10.0, 12.0)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nninv import NNInvError
-from nninv.model._chain import Affine, Elementwise, Shift, Unsupported, analyse
+from nninv.model.chain import Affine, Elementwise, Shift, Unsupported, analyse
 from nninv.model.layers import Permute, Reshape
 
 
@@ -86,7 +86,7 @@ def test_negative_slope_leaky_is_unsupported():
 
 
 def test_eval_mode_restores_each_submodules_own_mode():
-    from nninv.model._chain import eval_mode
+    from nninv.model.chain import eval_mode
 
     frozen = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5)).eval()
     outer = nn.Sequential(frozen, nn.Linear(3, 2))  # a train-mode container around it

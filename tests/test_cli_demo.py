@@ -1,4 +1,4 @@
-"""Tests of ``nninv demo`` and the experiment code behind it (``nninv.cli._demo``)."""
+"""Tests of ``nninv demo`` and the experiment code behind it (``nninv.experiments.seed``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch
 from matplotlib.image import imread
 
 from conftest import EPS
-from nninv.cli import _demo, main
+from nninv.cli import main
+from nninv.experiments import seed as _demo
 
 METHOD_ROWS = ("originals", "pinv", "gaussian", "mixture", "decoder")
 

@@ -25,8 +25,8 @@ def test_preimage_figure_offline(tmp_path, capsys):
 
 def test_preimage_figure_reproduces_the_output(tmp_path):
     """Every member written reproduces the output of x0 (the pigeonhole argument)."""
-    from nninv.cli._demo import train_seed_model
     from nninv.datasets import load_embedded
+    from nninv.experiments.seed import train_seed_model
 
     out = tmp_path / "f"
     argv = ["preimage", "--dataset", "digits8x8", "--n", "3", "--prior", "none", "--burn",

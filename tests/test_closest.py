@@ -381,7 +381,7 @@ def _milp_optimum(f, x0, c, **kw):
     from nninv.geometry._highs import solve_milp
     from nninv.geometry._inputs import pl_slope
     from nninv.geometry._milp import PLNet, encode
-    from nninv.model._chain import analyse
+    from nninv.model.chain import analyse
 
     net = PLNet.from_steps(list(analyse(f, None).steps), f[0].in_features, pl_slope)
     lo, hi = np.zeros(net.n_in), np.ones(net.n_in)

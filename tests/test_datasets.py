@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from nninv._errors import NNInvError
 from nninv.datasets import (
     DATASETS,
     Dataset,
@@ -20,6 +19,7 @@ from nninv.datasets import (
     read_idx,
     write_idx,
 )
+from nninv.errors import NNInvError
 
 # Class counts of the standard MNIST files.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from nninv._errors import NNInvError
+from nninv.errors import NNInvError
 from nninv.figures import is_image_shape, save_grid, save_vectors
 
 

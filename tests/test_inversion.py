@@ -226,7 +226,7 @@ def test_batchnorm_eval_and_dropout_are_affine():
 
 
 def test_factorisation_is_cached_per_model():
-    from nninv.model._chain import analyse
+    from nninv.model.chain import analyse
 
     f = seed_model()
     assert analyse(f) is analyse(f)
@@ -487,7 +487,7 @@ def test_public_api_names():
 
 
 def test_all_finite_one_pass_check():
-    from nninv.model._outputs import all_finite
+    from nninv.model.outputs import all_finite
 
     t = torch.rand(50, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert all_finite(t)

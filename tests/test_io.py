@@ -846,7 +846,7 @@ def _ts_max_diff(a: nn.Module, b: nn.Module, shape: tuple[int, ...]) -> float:
 @pytest.mark.parametrize("how", ["script", "trace"])
 @pytest.mark.parametrize("name", list(TS_CHAINS))
 def test_torchscript_chain_is_rebuilt(tmp_path, name, how):
-    from nninv.model._chain import analyse
+    from nninv.model.chain import analyse
 
     make, shape, save_shape, steps = TS_CHAINS[name]
     torch.manual_seed(0)
@@ -977,7 +977,7 @@ def test_torchscript_non_chain_stays_opaque(tmp_path, make, how):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_torchscript_custom_module_stays_opaque(tmp_path):
-    from nninv.model._chain import analyse
+    from nninv.model.chain import analyse
 
     class Net(nn.Module):
         def __init__(self) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import nninv
-from nninv.model._chain import Affine, Elementwise, analyse
+from nninv.model.chain import Affine, Elementwise, analyse
 from nninv.model.io import load_model
 from nninv.priors import GaussianPrior
 

@@ -27,6 +27,8 @@ PUBLIC_API = [
     "Inversion",
     "NNInvError",
     "NNInvWarning",
+    "OutputSet",
+    "Polyhedron",
     "Posterior",
     "Preimage",
     "__version__",
@@ -74,9 +76,9 @@ PUBLIC_MODULES = {
 
 #: Layer of each top-level module or subpackage of nninv (higher may import lower).
 LAYERS = {
-    "_errors": 0,
-    "_result": 0,
-    "_linalg": 0,
+    "errors": 0,
+    "result": 0,
+    "linalg": 0,
     "targets": 0,
     "datasets": 0,
     "metrics": 0,
@@ -90,6 +92,7 @@ LAYERS = {
     "figures": 5,
     "cli": 5,
     "explorer": 5,
+    "experiments": 5,
     "__main__": 5,
     "": 5,  # the package facade, nninv/__init__.py
 }
@@ -187,9 +190,9 @@ def test_every_folder_is_a_known_layer():
 def test_the_layer_check_catches_an_upward_import(tmp_path):
     """The checker itself: a model-layer file importing the methods layer is reported."""
     fake = tmp_path / "fake.py"
-    fake.write_text("from ..methods.invert import invert\nfrom .._errors import NNInvError\n")
+    fake.write_text("from ..methods.invert import invert\nfrom ..errors import NNInvError\n")
     got = _imports("nninv.model.fake", fake)
-    assert ("nninv.methods.invert", 1) in got and ("nninv._errors", 2) in got
+    assert ("nninv.methods.invert", 1) in got and ("nninv.errors", 2) in got
     assert _layer("nninv.methods.invert") > _layer("nninv.model.fake")
 
 
@@ -200,3 +203,125 @@ def test_module_has_a_docstring_and_stays_small(module):
     assert ast.get_docstring(tree), f"{module} has no module docstring"
     n = len(path.read_text().splitlines())
     assert n <= MAX_LINES, f"{module} has {n} lines (> {MAX_LINES}): split it along its ideas"
+
+
+def _private_part(module: str) -> str | None:
+    """The package a private module is private to (``nninv.geometry`` for
+    ``nninv.geometry._walks``), or None for a module that is named as internal API."""
+    parts = module.split(".")
+    for i, part in enumerate(parts[1:], start=1):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
+
+
+def _private_imports(module: str, path: Path) -> list[str]:
+    """Imports in ``module`` of another package's private module or private name."""
+    own = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    bad = []
+    tree = ast.parse(path.read_text(), str(path))
+    names_at = {
+        node.lineno: [a.name for a in node.names]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    }
+    for target, line in _imports(module, path):
+        home = _private_part(target)
+        if home is not None and own != home:
+            bad.append(f"{path.name}:{line}: {module} imports the private module {target}")
+            continue
+        target_pkg = target if _is_package(target) else target.rsplit(".", 1)[0]
+        for name in names_at.get(line, []):
+            private = name.startswith("_") and not name.startswith("__")
+            if private and target_pkg != own:
+                bad.append(f"{path.name}:{line}: {module} imports the private name {target}.{name}")
+    return bad
+
+
+def _is_package(name: str) -> bool:
+    return (SRC / Path(*name.split(".")[1:]) / "__init__.py").exists()
+
+
+def test_no_private_imports_across_packages():
+    """Private modules and names stay inside their own folder (not even
+    its subpackages reach in); what other modules use is named as internal API (a module or
+    name without the underscore)."""
+    bad = [b for module, path in _modules() for b in _private_imports(module, path)]
+    assert not bad, "private imports across packages:\n" + "\n".join(bad)
+
+
+def test_the_private_import_check_catches_one(tmp_path):
+    fake = tmp_path / "fake.py"
+    fake.write_text(
+        "from ..geometry._walks import hit_and_run\n"
+        "from ..model.chain import _private\n"
+        "from .._private_top import x\n"
+        "from ..model.chain import analyse\n"
+    )
+    got = _private_imports("nninv.methods.fake", fake)
+    assert len(got) == 3, got
+    assert "private module nninv.geometry._walks" in got[0]
+    assert "private name nninv.model.chain._private" in got[1]
+    assert "private module nninv._private_top" in got[2]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the modules it imports (function-local imports count), where a
+    package's ``__init__`` importing its own submodules is not an edge back."""
+    graph: dict[str, set[str]] = {}
+    for module, path in _modules():
+        edges = set()
+        for target, _ in _imports(module, path):
+            if target == module:
+                continue
+            # A submodule importing a name its package re-exports depends on that
+            # package's __init__, which imports the submodule: not a design cycle.
+            if module.startswith(target + "."):
+                continue
+            edges.add(target)
+        graph[module] = edges
+    return graph
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_module_graph())
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_catches_one():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from conftest import EPS
-from nninv._linalg import factor, gauss_newton_onto, gauss_newton_solve
+from nninv.linalg import factor, gauss_newton_onto, gauss_newton_solve
 
 TOL = EPS[torch.float64]["close"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nninv._errors import NNInvError
+from nninv.errors import NNInvError
 from nninv.metrics import mean_psnr, psnr, ssim
 
 # Agreement with the float64 brute-force reference, per dtype of the inputs.

@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import EPS
 from nninv import ClassTarget, NNInvError, NNInvWarning, invert
-from nninv.model._outputs import class_shortfall
+from nninv.model.outputs import class_shortfall
 from nninv.priors import L2, GaussianMixturePrior, GaussianPrior, TotalVariation
 
 F64 = torch.float64

@@ -66,7 +66,7 @@ def test_conversion_matches_predict(digits, kind, act):
     if kind in ("multiclass", "binary"):
         assert (est.classes_[out.argmax(1)] == est.predict(xt)).all()
     # the chain analysis reads every layer (no opaque step)
-    assert not nninv.model._chain.analyse(f).unsupported
+    assert not nninv.model.chain.analyse(f).unsupported
 
 
 def test_load_model_takes_the_estimator(digits):

@@ -8,12 +8,12 @@ recognise (with a prior over the data).
 __version__ = "0.1.0"
 
 from . import priors
-from ._errors import NNInvError, NNInvWarning
-from ._result import Inversion
+from .errors import NNInvError, NNInvWarning
 from .methods.invert import invert
 from .model.diagnose import Diagnosis, diagnose
 from .model.io import load_model
-from .targets import ClassTarget
+from .result import Inversion
+from .targets import ClassTarget, OutputSet, Polyhedron
 
 __all__ = [
     "ClassTarget",
@@ -21,6 +21,8 @@ __all__ = [
     "Inversion",
     "NNInvError",
     "NNInvWarning",
+    "OutputSet",
+    "Polyhedron",
     "__version__",
     "diagnose",
     "invert",

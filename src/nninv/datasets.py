@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._errors import NNInvError
+from .errors import NNInvError
 
 # IDX type codes (LeCun's format note); multi-byte values are big-endian.
 _IDX_DTYPES: dict[int, np.dtype] = {

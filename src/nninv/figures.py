@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ._errors import NNInvError
+from .errors import NNInvError
 
 _CELL_INCHES = 1.0
 _DPI = 100

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._errors import NNInvError
+from .errors import NNInvError
 
 
 def _pair(x: Tensor, ref: Tensor, data_range: float, fn: str) -> tuple[Tensor, Tensor]:

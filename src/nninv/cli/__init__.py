@@ -15,7 +15,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 
 #: Sub-command modules, in the order ``nninv --help`` lists them.
 COMMANDS = [

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 
 
 def load_array(path: str | Path, what: str, option: str | None = None) -> np.ndarray:
@@ -177,13 +177,13 @@ def fit_to_shape(
 def analyse_model(
     model: nn.Module, shape: tuple[int, ...] | None, data: np.ndarray | None, data_option: str
 ) -> Any:
-    """The model's chain (``nninv.model._chain.Chain``) for ``--input-shape`` or its own shape.
+    """The model's chain (``nninv.model.chain.Chain``) for ``--input-shape`` or its own shape.
 
     When neither tells the input shape (a TorchScript file starting with a
     convolution), the shape of one sample of ``data`` is used, as
     :func:`nninv.invert` does with a prior.
     """
-    from ..model._chain import analyse, eval_mode
+    from ..model.chain import analyse, eval_mode
 
     with eval_mode(model):
         try:

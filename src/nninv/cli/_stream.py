@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 
 #: Outputs files with more rows than this are streamed whatever the options.
 STREAM_ROWS = 100_000
@@ -80,9 +80,9 @@ def check_scale_options(args: argparse.Namespace) -> bool:
     if args.ray and args.resume:
         raise NNInvError("--resume applies to streamed runs; Ray retries failed batches itself")
     if args.ray:
-        from ..distributed.ray_data import _ray
+        from ..distributed.ray_data import require_ray
 
-        _ray()  # says how to install it before anything is loaded
+        require_ray()  # says how to install it before anything is loaded
         return True
     rows = _rows(args.outputs) if args.outputs is not None else None
     return asked or (rows is not None and rows > STREAM_ROWS)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._common import (
     analyse_model,
     fit_to_shape,
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if args.input is not None or args.input_shape is not None:
             raise NNInvError(f"--{'input' if args.input else 'input-shape'} needs MODEL")
         from ..datasets import load_embedded
-        from ._demo import train_classifier
+        from ..experiments.seed import train_classifier
 
         ds = load_embedded(args.dataset)
         train, test = ds.split(min(1000, len(ds) // 5), args.seed)

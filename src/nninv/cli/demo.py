@@ -15,7 +15,7 @@ __all__ = ["add_parser", "run"]
 import argparse
 from typing import Any
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 
 _DESCRIPTION = """\
 Train the seed's model f(x) = sigmoid(x W^T + b) (784 -> 10, 5 epochs of Adam),
@@ -77,7 +77,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; return the exit status."""
-    from ._demo import DemoConfig, format_table, run_demo
+    from ..experiments.seed import DemoConfig, format_table, run_demo
 
     if args.components is not None and args.components < 1:
         raise NNInvError(f"--components must be a positive integer, got {args.components}")

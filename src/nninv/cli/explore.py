@@ -15,7 +15,7 @@ import argparse
 import importlib.util
 from typing import Any
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 
 _DESCRIPTION = """\
 Start a local web page for moving through the preimage of a model's output:
@@ -94,7 +94,7 @@ def build(args: argparse.Namespace) -> Any:
             model, images, images, decoder=decoder, seed=args.seed, input_shape=chain.input_shape
         )
     from .. import load_model
-    from ._demo import load_split
+    from ..experiments.seed import load_split
 
     model = load_model(args.model)
     train, test = load_split(args.dataset or "mnist5k", None, None, args.seed)

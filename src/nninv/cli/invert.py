@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import NNInvError, NNInvWarning
+from ..errors import NNInvError, NNInvWarning
 from ._common import (
     analyse_model,
     fit_to_shape,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._common import analyse_model, load_array, parse_pair, parse_shape
 
 _DESCRIPTION = """\

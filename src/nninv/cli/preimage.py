@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._common import analyse_model, fit_to_shape, load_array, parse_pair, parse_shape, save_samples
 
 _DESCRIPTION = """\
@@ -132,7 +132,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _seed_setup(args: argparse.Namespace) -> tuple[Any, np.ndarray, np.ndarray | None, np.ndarray]:
     from ..datasets import load_embedded
-    from ._demo import train_seed_model
+    from ..experiments.seed import train_seed_model
 
     ds = load_embedded(args.dataset)
     train, test = ds.split(min(1000, len(ds) // 5), args.seed)

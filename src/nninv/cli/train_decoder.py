@@ -14,7 +14,7 @@ import argparse
 import time
 from typing import Any
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._common import load_training_data
 
 _DESCRIPTION = """\

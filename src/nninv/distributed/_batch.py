@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._errors import NNInvWarning
+from ..errors import NNInvWarning
 from ..methods.invert import invert
 from ..priors import Prior
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .._errors import NNInvError
-from ..model._chain import analyse, eval_mode
+from ..errors import NNInvError
+from ..model.chain import analyse, eval_mode
 from ..model.io import load_model
 from ..priors import Prior
 from ._batch import invert_batch
@@ -66,7 +66,7 @@ class DatasetRun:
     max_residual: float
 
 
-def _ray() -> Any:
+def require_ray() -> Any:
     try:
         import ray
         import ray.data  # noqa: F401
@@ -229,7 +229,7 @@ def invert_dataset(
         When Ray is not installed (with how to install it), for outputs that name
         no file or mix file kinds, or a bad ``batch_size``/``num_workers``.
     """
-    ray = _ray()
+    ray = require_ray()
     if not isinstance(batch_size, int) or batch_size < 1:
         raise NNInvError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(num_workers, int) or num_workers < 1:

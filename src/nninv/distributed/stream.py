@@ -27,8 +27,8 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._errors import NNInvError
-from ..model._chain import analyse, eval_mode
+from ..errors import NNInvError
+from ..model.chain import analyse, eval_mode
 from ..priors import Prior
 from ._batch import invert_batch
 

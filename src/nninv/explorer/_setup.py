@@ -16,8 +16,8 @@ import math
 import torch
 from torch import nn
 
-from .._errors import NNInvError
-from ..cli._demo import fit_priors, load_split, train_seed_model
+from ..errors import NNInvError
+from ..experiments.seed import fit_priors, load_split, train_seed_model
 from ..learned import Decoder
 from ._state import Explorer
 

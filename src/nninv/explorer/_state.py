@@ -45,14 +45,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError, NNInvWarning
+from ..errors import NNInvError, NNInvWarning
 from ..geometry import Preimage, closest, preimage
-from ..geometry._sets import core_kind, exact_output
+from ..geometry.sets import core_kind, exact_output
 from ..methods import Problem
 from ..methods._constraint import _Constraint, _Coords, _ModelFunctions
 from ..methods._projection import project as gauss_newton
 from ..methods.invert import invert
-from ..model._chain import analyse, eval_mode
+from ..model.chain import analyse, eval_mode
 from ..priors import GaussianPrior, Prior
 from ..targets import ClassTarget
 

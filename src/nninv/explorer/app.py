@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._state import Explorer, View
 
 #: Finite numbers only: NaN and inf fail validation (HTTP 422).

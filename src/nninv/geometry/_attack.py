@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..model._outputs import class_shortfall
+from ..model.outputs import class_shortfall
 from ..targets import ClassTarget
 from ._polytope import one_thread
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
-from ..model._chain import Elementwise, Shift, Step, Unsupported
+from ..errors import NNInvError
+from ..model.chain import Elementwise, Shift, Step, Unsupported
 
 _F64 = torch.float64
 

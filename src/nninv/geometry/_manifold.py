@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._linalg import factor
-from ..model._chain import Step
+from ..linalg import factor
+from ..model.chain import Step
 from ._diagnostics import ess_rhat
 from ._polytope import Polyhedron
 from ._walks import Walk

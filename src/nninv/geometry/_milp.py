@@ -39,8 +39,8 @@ import scipy.sparse as sp
 import torch
 from scipy.optimize import Bounds, LinearConstraint
 
-from .._errors import NNInvError
-from ..model._chain import Affine, Step
+from ..errors import NNInvError
+from ..model.chain import Affine, Step
 
 
 @dataclass

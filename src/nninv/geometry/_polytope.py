@@ -54,8 +54,8 @@ import torch
 from scipy.optimize import linprog, minimize
 from torch import Tensor
 
-from .._errors import NNInvError
-from .._linalg import factor
+from ..errors import NNInvError
+from ..linalg import factor
 from ._walks import UNBOUNDED, Billiard, Dynamics, Walk, hit_and_run
 
 #: HiGHS options for every LP here: tight feasibility, so members verify in float64.

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._diagnostics import ess_rhat
 
 if TYPE_CHECKING:  # only for annotations: _polytope imports this module

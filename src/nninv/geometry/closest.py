@@ -84,8 +84,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
-from ..model._chain import Affine, analyse, eval_mode
+from ..errors import NNInvError
+from ..model.chain import Affine, analyse, eval_mode
 from ..model.io import as_module
 from ..targets import ClassTarget
 from ._attack import _attack, _Checker, _dist

@@ -44,18 +44,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError, NNInvWarning
-from ..model._chain import Chain, analyse, eval_mode
-from ..model._outputs import as_output, check_range, class_shortfall
+from ..errors import NNInvError, NNInvWarning
+from ..model.chain import Chain, analyse, eval_mode
 from ..model.io import as_module
+from ..model.outputs import as_output, check_range, class_shortfall
 from ..priors import GaussianMixturePrior, GaussianPrior, Prior
 from ..targets import ClassTarget
 from ._inputs import as_bounds, as_input, caller_kind, float64_copy, model_kind
 from ._manifold import Manifold, manifold_walk
 from ._polytope import Polyhedron
 from ._results import Extent, Samples
-from ._sets import class_output, core_kind, exact_output, piece, polyhedral
 from ._walks import MixtureMoves, Walk, reflect
+from .sets import class_output, core_kind, exact_output, piece, polyhedral
 
 _F64 = torch.float64
 
@@ -662,7 +662,7 @@ def preimage(
     Parameters
     ----------
     model : torch.nn.Module or a fitted scikit-learn MLPClassifier/MLPRegressor
-        A chain of known layers (see :mod:`nninv.model._chain`); evaluated in
+        A chain of known layers (see :mod:`nninv.model.chain`); evaluated in
         float64 on the CPU, and in its own dtype and device to confirm
         projections. Samples and projections come back on its device.
     target : Tensor, ndarray or ClassTarget

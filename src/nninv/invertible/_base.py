@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 
 #: Default tolerance of :meth:`InvertibleSequential.inverse`'s forward check, per dtype,
 #: relative to ``max(1, max |y|)`` of each sample.

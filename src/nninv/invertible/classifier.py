@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ..learned.decoder import read_safetensors
 from ..model.io import register_safetensors_format
 from ._base import InverseReport, InvertibleSequential

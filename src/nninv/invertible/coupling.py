@@ -27,7 +27,7 @@ from zuko.transforms import (
     MonotonicAffineTransform,
 )
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._base import InverseReport, InvertibleBlock
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._errors import NNInvError, NNInvWarning
+from ..errors import NNInvError, NNInvWarning
 from ._base import InverseReport, InvertibleBlock
 
 #: Default tolerance of the fixed-point residual, per dtype, relative to ``max(1, max |y|)``.

@@ -22,7 +22,7 @@ __all__ = ["ActNorm", "InvConv1x1", "Squeeze"]
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._base import InverseReport, InvertibleBlock
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ..model.io import as_module
 from ..priors import GaussianPrior
 

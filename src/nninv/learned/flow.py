@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from .decoder import Decoder, _as_tensor, _outputs, read_safetensors, train_device
 
 FORMAT = "nninv.ConditionalFlow"

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
-from ..model._chain import Chain, analyse
+from ..errors import NNInvError
+from ..model.chain import Chain, analyse
 from ..priors import Prior
 from ..targets import ClassTarget
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._constraint import _Constraint, _Coords
 
 # --- augmented Lagrangian with batched L-BFGS ---------------------------------------------

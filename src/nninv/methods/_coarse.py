@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ..priors import Prior
 from . import Problem
 

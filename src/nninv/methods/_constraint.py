@@ -40,8 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..model._chain import Chain, Elementwise, Shift
-from ..model._outputs import output_kind
+from ..model.chain import Chain, Elementwise, Shift
+from ..model.outputs import output_kind
 from ..priors import CombinedPrior, GaussianMixturePrior, GaussianPrior
 from ..targets import ClassTarget
 from . import Problem

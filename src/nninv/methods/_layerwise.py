@@ -23,10 +23,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._errors import NNInvError
-from .._linalg import factor, gauss_newton_onto, gauss_newton_solve
-from ..model._chain import Affine, Chain, Elementwise, Shift
-from ..model._outputs import all_finite
+from ..errors import NNInvError
+from ..linalg import factor, gauss_newton_onto, gauss_newton_solve
+from ..model.chain import Affine, Chain, Elementwise, Shift
+from ..model.outputs import all_finite
 
 #: ``chooser(position, B, d) -> v``: a member of ``{v : B v = d}`` for the vector
 #: entering step ``position`` (0 means the model input).

@@ -22,8 +22,8 @@ import weakref
 import torch
 from torch import Tensor
 
-from .._errors import NNInvError
-from ..model._chain import Chain
+from ..errors import NNInvError
+from ..model.chain import Chain
 from ..priors import GaussianPrior, Prior
 from . import Problem, Solution, register
 from ._layerwise import backward_pass

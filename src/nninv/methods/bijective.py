@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ..targets import ClassTarget
 from . import Problem, Solution, register
 

@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ..learned import Decoder
-from ..model._outputs import residual_of
+from ..model.outputs import residual_of
 from ..targets import ClassTarget
 from . import Problem, Solution, register
 from ._constraint import _clip, _Constraint, _Coords, _ModelFunctions

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError, NNInvWarning
-from .._result import Inversion
-from ..model._chain import _input_shape, analyse, eval_mode
-from ..model._outputs import as_output, check_range, residual_of
+from ..errors import NNInvError, NNInvWarning
+from ..model.chain import analyse, eval_mode, resolve_input_shape
 from ..model.io import as_module
+from ..model.outputs import as_output, check_range, residual_of
 from ..priors import Prior
+from ..result import Inversion
 from ..targets import ClassTarget
 from . import Problem, get_method
 from .bijective import is_bijective
@@ -119,7 +119,7 @@ def invert(
     )
     if input_shape is None and known is not None:
         try:
-            _input_shape(model, None)
+            resolve_input_shape(model, None)
         except NNInvError:
             input_shape = tuple(known)
     with eval_mode(model):

@@ -88,7 +88,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ..targets import ClassTarget
 from . import Problem, Solution, register
 from ._augmented_lagrangian import _AugmentedLagrangian, _progress_bar, _Track
@@ -438,7 +438,7 @@ def _assess(
     hi: Tensor | None,
 ) -> tuple[Tensor, list[str | None], Tensor]:
     """Per row: whether the target is met (measured on the model), why not, ``-log p(x)``."""
-    from ..model._outputs import residual_of
+    from ..model.outputs import residual_of
 
     T = x.shape[0]
     with torch.no_grad():

@@ -15,7 +15,7 @@ __all__ = ["invert_pinv"]
 import torch
 from torch import Tensor
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from . import Problem, Solution, register
 from ._layerwise import backward_pass
 

@@ -5,7 +5,7 @@ ones (sigmoid, tanh, leaky ReLU with positive slope, ELU, SELU, softplus, exp) h
 closed-form inverse on their open range; ReLU is not injective (every
 ``z <= 0`` maps to 0) and is marked so. ``reparam`` maps the whole real line
 onto the open range and is used to pull a hidden-layer solution back inside
-the range (see :func:`nninv._linalg.gauss_newton_onto`).
+the range (see :func:`nninv.linalg.gauss_newton_onto`).
 """
 
 from __future__ import annotations

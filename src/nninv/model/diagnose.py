@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
-from ._chain import MAX_DENSE, Affine, LayerInfo, analyse, eval_mode
+from ..errors import NNInvError
+from .chain import MAX_DENSE, Affine, LayerInfo, analyse, eval_mode
 from .io import as_module
 
 

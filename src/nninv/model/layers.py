@@ -2,7 +2,7 @@
 
 Keras and ONNX models reshape and transpose tensors between layers (Keras keeps
 images channels-last). These modules express those steps as ordinary
-``torch.nn.Module`` objects so that the chain analysis in :mod:`nninv.model._chain`
+``torch.nn.Module`` objects so that the chain analysis in :mod:`nninv.model.chain`
 can recognise them as permutations or reshapes of the flattened input, which
 are linear, exactly invertible, and need no densifying.
 """

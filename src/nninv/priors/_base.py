@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 
 _LOG_2PI = math.log(2 * math.pi)
 

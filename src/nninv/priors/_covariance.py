@@ -13,7 +13,7 @@ __all__ = ["_ledoit_wolf_shrinkage", "_shrunk_covariance"]
 
 from torch import Tensor
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 
 
 def _ledoit_wolf_shrinkage(Xc: Tensor, S: Tensor) -> float:

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .._errors import NNInvError
-from ..model._chain import Chain, _input_shape
+from ..errors import NNInvError
+from ..model.chain import Chain, resolve_input_shape
 from ._base import Prior, _check_weight
 from .regularizers import TotalVariation
 
@@ -155,7 +155,7 @@ class BatchNormPrior(Prior):
             )
         self.layer_names = [n or type(m).__name__ for n, m in names]
         try:
-            self.event_shape = _input_shape(model, input_shape)
+            self.event_shape = resolve_input_shape(model, input_shape)
         except NNInvError:
             pass  # a conv net that does not tell its input shape: inputs go in as given
         self._model = copy.deepcopy(model).eval().requires_grad_(False)

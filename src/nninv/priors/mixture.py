@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._base import _LOG_2PI, LinearPosterior, Prior, _as_data, _Cached, _check_n
 from ._covariance import _shrunk_covariance
 

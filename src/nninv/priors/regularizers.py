@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._errors import NNInvError
+from ..errors import NNInvError
 from ._base import Prior, _check_weight
 
 

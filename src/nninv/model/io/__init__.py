@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..._errors import NNInvError
+from ...errors import NNInvError
 
 #: The kinds of file :func:`load_model` reads, as named in its error messages.
 SUPPORTED_KINDS: tuple[str, ...] = (

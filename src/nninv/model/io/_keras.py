@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..._errors import NNInvError
+from ...errors import NNInvError
 from ..layers import Permute, Reshape
 from . import _batch_norm, _Builder, _corrupt, _pair
 

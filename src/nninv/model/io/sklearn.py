@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..._errors import NNInvError
+from ...errors import NNInvError
 from ..layers import Exp
 
 #: Types a ``.skops`` file may hold beyond skops' default trust list (which covers

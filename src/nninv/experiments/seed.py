@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._errors import NNInvError, NNInvWarning
 from ..datasets import DATASETS, Dataset, default_mnist_dir, load_dataset, load_mnist
+from ..errors import NNInvError, NNInvWarning
 from ..figures import save_grid
 from ..learned import Decoder
 from ..methods.invert import invert

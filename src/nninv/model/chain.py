@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
-from .._linalg import Factor, factor
+from ..errors import NNInvError
+from ..linalg import Factor, factor
 from ._activations import Activation, activation_of
 from .layers import Permute, Reshape
 
@@ -315,7 +315,7 @@ def analyse(
     """
     if not isinstance(model, nn.Module):
         raise NNInvError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    shape = _input_shape(model, input_shape)
+    shape = resolve_input_shape(model, input_shape)
     sig = _signature(model)
     entry = _CACHE.get(model)
     key = (shape, max_dense, model.training)
@@ -330,7 +330,7 @@ def analyse(
     return chain
 
 
-def _input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+def resolve_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
     elif getattr(model, "input_shape", None) is not None:

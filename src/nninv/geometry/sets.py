@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import NNInvError
-from ..model._chain import Affine, Chain, Elementwise, Shift, Step, Unsupported
+from ..errors import NNInvError
+from ..model.chain import Affine, Chain, Elementwise, Shift, Step, Unsupported
 from ._inputs import is_maxpool, peel_class_steps, pl_slope
 from ._polytope import Polyhedron
 

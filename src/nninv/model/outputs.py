@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._errors import NNInvError, NNInvWarning
+from ..errors import NNInvError, NNInvWarning
 from ..targets import ClassTarget
-from ._chain import Chain, Elementwise, Shift
+from .chain import Chain, Elementwise, Shift
 
 
 def as_output(
