@@ -19,9 +19,10 @@ the affine hull) and answers four questions:
   potential, velocities rounded by the spread of a pilot run) and a (mixture
   of) Gaussian(s) restricted to the set by exact HMC for truncated Gaussians,
   with reflections at the walls found in closed form.
-  :meth:`Polyhedron.walk` is plain hit-and-run, kept as a baseline. The
-  chains themselves run in :mod:`~nninv.geometry._walks`, their diagnostics
-  in :mod:`~nninv.geometry._diagnostics`.
+  :meth:`Polyhedron.walk` is plain hit-and-run, kept as a baseline, and
+  :func:`reflect` runs the billiard with rounding during burn-in. The chains
+  themselves run in :mod:`~nninv.geometry._walks` (which does not import this
+  module), their diagnostics in :mod:`~nninv.geometry._diagnostics`.
 
 References
 ----------
@@ -40,7 +41,7 @@ Lovász & Vempala (2006), "Hit-and-run from a corner", SIAM J. Comput. 35(4).
 
 from __future__ import annotations
 
-__all__ = ["LP_OPTIONS", "Polyhedron", "QPResult", "one_thread"]
+__all__ = ["LP_OPTIONS", "Polyhedron", "QPResult", "one_thread", "reflect"]
 
 import contextlib
 import math
@@ -56,7 +57,7 @@ from torch import Tensor
 
 from ..errors import NNInvError
 from ..linalg import factor
-from ._walks import UNBOUNDED, Billiard, Dynamics, Walk, hit_and_run
+from ._walks import UNBOUNDED, Billiard, Dynamics, MixtureMoves, Walk, hit_and_run
 
 #: HiGHS options for every LP here: tight feasibility, so members verify in float64.
 LP_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
@@ -462,7 +463,7 @@ class Polyhedron:
         if x0 is None:
             raise NNInvError("the set is empty")
         X = x0.expand(chains, -1).clone()
-        D = self._directions(chains, gen)
+        D = self.directions(chains, gen)
         tmin, tmax = self._chord(X, D, self._slack(X))
         if bool(torch.isinf(tmin).any() | torch.isinf(tmax).any()):
             raise NNInvError(UNBOUNDED)
@@ -470,8 +471,8 @@ class Polyhedron:
         t = 0.9 * torch.where(side, tmax, tmin)
         return self.clean(X + t[:, None] * D)
 
-    def _directions(self, C: int, gen: torch.Generator) -> Tensor:
-        """Isotropic unit directions inside the affine hull."""
+    def directions(self, C: int, gen: torch.Generator) -> Tensor:
+        """``C`` random unit directions (C, n) inside the affine hull, isotropic in it."""
         D = torch.randn(C, self.n, generator=gen, dtype=_F64)
         if self.E.shape[0]:
             D = D - (D @ self.E.T) @ self.E
@@ -615,6 +616,69 @@ class Polyhedron:
             return Billiard(self, dynamics, max_bounces).run(
                 X0, keep, thin, burn, gen, monitor, component, adapt
             )
+
+
+def reflect(
+    poly: Polyhedron,
+    X0: Tensor,
+    per: int,
+    thin: int,
+    burn: int,
+    gen: torch.Generator,
+    monitor: Tensor,
+    dyn: Dynamics,
+    component: MixtureMoves | None = None,
+) -> tuple[Walk, dict[str, Any]]:
+    """Run :meth:`Polyhedron.billiard` chains, rounding uniform dynamics during burn-in.
+
+    Straight-line (uniform) dynamics are replaced by
+    :meth:`Polyhedron.rounded` at each adaptation window of the burn-in;
+    harmonic (Gaussian) dynamics are whitened already and kept.
+
+    Parameters
+    ----------
+    poly : Polyhedron
+    X0 : Tensor
+        ``(C, n)`` starting states.
+    per, thin, burn : int
+        States kept per chain, their spacing, and the burn-in steps.
+    gen : torch.Generator
+    monitor : Tensor
+        ``(q, n)`` directions whose projections the diagnostics watch.
+    dyn : Dynamics
+    component : MixtureMoves, optional
+        Moves between the components of a mixture before each step.
+
+    Returns
+    -------
+    walk : Walk
+    info : dict
+        ``walk.info``, with ``"rounded"`` (whether any rounding was applied)
+        for uniform dynamics.
+    """
+    uniform = dyn.mean is None
+    rounded: list[bool] = []
+
+    def adapt(states: Tensor) -> Dynamics | None:
+        new = poly.rounded(states)
+        rounded.append(new is not None)
+        return new
+
+    w = poly.billiard(
+        X0,
+        keep=per,
+        thin=thin,
+        burn=burn,
+        gen=gen,
+        monitor=monitor,
+        dynamics=dyn,
+        component=component,
+        adapt=adapt if uniform else None,
+    )
+    info: dict[str, Any] = dict(w.info)
+    if uniform:
+        info["rounded"] = any(rounded)
+    return w, info
 
 
 @contextlib.contextmanager

@@ -8,9 +8,10 @@ distribution (a billiard walk) or harmonic motion for a (mixture of)
 Gaussian(s) restricted to the set (exact HMC for truncated Gaussians), with
 the wall hits found in closed form. :class:`Dynamics` says which motion and
 with what velocities, :class:`MixtureMoves` moves a chain between mixture
-components, :func:`reflect` runs the billiard with rounding during burn-in,
-and :func:`hit_and_run` is the plain baseline walk. Each run returns a
-:class:`Walk`, the kept states with their mixing diagnostics.
+components, and :func:`hit_and_run` is the plain baseline walk. Each run
+returns a :class:`Walk`, the kept states with their mixing diagnostics. The
+set is seen through :class:`Walls` (what a chain needs of it); this module
+does not import :mod:`._polytope`, which builds on it.
 
 References
 ----------
@@ -26,13 +27,13 @@ NeurIPS 28.
 
 from __future__ import annotations
 
-__all__ = ["UNBOUNDED", "Billiard", "Dynamics", "MixtureMoves", "Walk", "hit_and_run", "reflect"]
+__all__ = ["UNBOUNDED", "Billiard", "Dynamics", "MixtureMoves", "Walk", "Walls", "hit_and_run"]
 
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,9 +41,6 @@ from torch import Tensor
 
 from ..errors import NNInvError
 from ._diagnostics import ess_rhat
-
-if TYPE_CHECKING:  # only for annotations: _polytope imports this module
-    from ._polytope import Polyhedron
 
 #: Why a uniform distribution cannot be sampled: a chord or a flight never meets a wall.
 UNBOUNDED = (
@@ -55,6 +53,29 @@ _F64 = torch.float64
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", _F64).numpy()
+
+
+class Walls(Protocol):
+    """What the chains need of the set ``{x : E x = e, G x <= g, lo <= x <= hi}`` they walk in.
+
+    :class:`~nninv.geometry._polytope.Polyhedron` is one; this module does not
+    import it, so that imports run one way (``_polytope`` uses the chains here).
+    """
+
+    E: Tensor
+    G: Tensor
+    g: Tensor
+    lo: Tensor
+    hi: Tensor
+
+    @property
+    def n(self) -> int: ...
+
+    def null_basis(self) -> Tensor: ...
+
+    def violation(self, x: Tensor) -> Tensor: ...
+
+    def clean(self, x: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -133,7 +154,7 @@ class MixtureMoves:
 
     Parameters
     ----------
-    poly : Polyhedron
+    poly : Walls
     dyn : Dynamics
         From :meth:`Polyhedron.gaussian_dynamics` for the mixture.
     log_prob : callable
@@ -144,7 +165,7 @@ class MixtureMoves:
 
     def __init__(
         self,
-        poly: Polyhedron,
+        poly: Walls,
         dyn: Dynamics,
         log_prob: Callable[[Tensor], Tensor],
         log_c: Tensor,
@@ -191,7 +212,7 @@ class Billiard:
     are several times faster per call, and an event is a dozen such calls.
     """
 
-    def __init__(self, poly: Polyhedron, dyn: Dynamics, max_bounces: int | None) -> None:
+    def __init__(self, poly: Walls, dyn: Dynamics, max_bounces: int | None) -> None:
         self.poly = poly
         self.n = poly.n
         self.E, self.G = _np(poly.E), _np(poly.G)
@@ -446,7 +467,7 @@ def _rates(a, b, wu, wl, wu2, wl2, bufs):  # type: ignore[no-untyped-def]
 
 
 def hit_and_run(
-    poly: Polyhedron,
+    poly: Walls,
     X0: Tensor,
     keep: int,
     thin: int,
@@ -523,66 +544,3 @@ def hit_and_run(
     x = poly.clean(torch.from_numpy(kept.reshape(C * keep, n))).reshape(C, keep, n)
     ess, rhat = ess_rhat(trace)
     return Walk(x, trace, ess, rhat, steps, burn, thin, time.perf_counter() - t0)
-
-
-def reflect(
-    poly: Polyhedron,
-    X0: Tensor,
-    per: int,
-    thin: int,
-    burn: int,
-    gen: torch.Generator,
-    monitor: Tensor,
-    dyn: Dynamics,
-    component: MixtureMoves | None = None,
-) -> tuple[Walk, dict[str, Any]]:
-    """Run :meth:`Polyhedron.billiard` chains, rounding uniform dynamics during burn-in.
-
-    Straight-line (uniform) dynamics are replaced by
-    :meth:`Polyhedron.rounded` at each adaptation window of the burn-in;
-    harmonic (Gaussian) dynamics are whitened already and kept.
-
-    Parameters
-    ----------
-    poly : Polyhedron
-    X0 : Tensor
-        ``(C, n)`` starting states.
-    per, thin, burn : int
-        States kept per chain, their spacing, and the burn-in steps.
-    gen : torch.Generator
-    monitor : Tensor
-        ``(q, n)`` directions whose projections the diagnostics watch.
-    dyn : Dynamics
-    component : MixtureMoves, optional
-        Moves between the components of a mixture before each step.
-
-    Returns
-    -------
-    walk : Walk
-    info : dict
-        ``walk.info``, with ``"rounded"`` (whether any rounding was applied)
-        for uniform dynamics.
-    """
-    uniform = dyn.mean is None
-    rounded: list[bool] = []
-
-    def adapt(states: Tensor) -> Dynamics | None:
-        new = poly.rounded(states)
-        rounded.append(new is not None)
-        return new
-
-    w = poly.billiard(
-        X0,
-        keep=per,
-        thin=thin,
-        burn=burn,
-        gen=gen,
-        monitor=monitor,
-        dynamics=dyn,
-        component=component,
-        adapt=adapt if uniform else None,
-    )
-    info: dict[str, Any] = dict(w.info)
-    if uniform:
-        info["rounded"] = any(rounded)
-    return w, info

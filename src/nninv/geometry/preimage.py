@@ -52,9 +52,9 @@ from ..priors import GaussianMixturePrior, GaussianPrior, Prior
 from ..targets import ClassTarget
 from ._inputs import as_bounds, as_input, caller_kind, float64_copy, model_kind
 from ._manifold import Manifold, manifold_walk
-from ._polytope import Polyhedron
+from ._polytope import Polyhedron, reflect
 from ._results import Extent, Samples
-from ._walks import MixtureMoves, Walk, reflect
+from ._walks import MixtureMoves, Walk
 from .sets import class_output, core_kind, exact_output, piece, polyhedral
 
 _F64 = torch.float64
@@ -534,7 +534,7 @@ class Preimage:
         """What the diagnostics watch: ``q`` random unit directions inside the affine
         hull and ``q`` random input entries among those that can move."""
         assert self._poly is not None
-        D = self._poly._directions(q, gen)
+        D = self._poly.directions(q, gen)
         moving = (self._poly.null_basis().pow(2).sum(1) > 1e-12).nonzero()[:, 0]
         pick = moving[torch.randperm(moving.numel(), generator=gen)[:q]]
         return torch.cat([D, torch.eye(self.n, dtype=_F64)[pick]])
