@@ -25,7 +25,7 @@ QP of a few tens of milliseconds. For deeper networks (a CNN) building the
 exact piece takes a minute, so the explorer works on the true curved set
 instead: the basis is the null space of the Jacobian at the base point, and a
 point is brought back onto ``{x : f(x) = y}`` within the bounds by the
-Gauss-Newton projection of :mod:`nninv.methods._projection` (minimum-norm
+Gauss-Newton projection of :mod:`nninv.methods.projection` (minimum-norm
 steps: a nearby member, not a certified closest one).
 """
 
@@ -48,10 +48,8 @@ from torch import Tensor, nn
 from ..errors import NNInvError, NNInvWarning
 from ..geometry import Preimage, closest, preimage
 from ..geometry.sets import core_kind, exact_output
-from ..methods import Problem
-from ..methods._constraint import _Constraint, _Coords, _ModelFunctions
-from ..methods._projection import project as gauss_newton
 from ..methods.invert import invert
+from ..methods.projection import project as project_onto
 from ..model.chain import analyse, eval_mode
 from ..priors import GaussianPrior, Prior
 from ..targets import ClassTarget
@@ -113,7 +111,6 @@ class View:
     directions: Tensor
     spread: list[float] = field(default_factory=list)
     exact: bool = True
-    gn: Any = None  # the Gauss-Newton projection's (coords, constraint, rows)
     anchor: Any = None  # a member to fall back towards (curved sets)
 
     def base(self, name: str) -> Tensor:
@@ -187,10 +184,11 @@ class Explorer:
                 chain = analyse(model, tuple(images.shape[1:]))
         self.input_shape = chain.input_shape
         self.output_shape = chain.output_shape
-        self._chain = chain
         self.n = math.prod(self.input_shape)
         self.m = math.prod(self.output_shape)
         self.model = copy.deepcopy(model).to(_F64).eval().requires_grad_(False)
+        # the float64 copy's analysis, for the projection onto curved preimages
+        self._chain64 = analyse(self.model, self.input_shape)
         X = torch.as_tensor(images).to(_F64)
         if X.ndim < 2 or X[0].numel() != self.n:
             raise NNInvError(
@@ -221,7 +219,7 @@ class Explorer:
         self.exact = self._is_polytope()
 
     def _is_polytope(self) -> bool:
-        chain = analyse(self.model, self.input_shape)
+        chain = self._chain64
         try:
             y = self.output(self.images[:1])[0]
             return core_kind(exact_output(chain, y).core) == "linear"
@@ -326,7 +324,6 @@ class Explorer:
         view = View(key, y, image, label, None, True, None, inversions, directions, spread)
         view.exact = False
         view.anchor = start
-        self._cons(view)
         if not self._warm and directions.shape[1]:
             # the first Gauss-Newton projection in a process pays a one-off setup of
             # about a second; the first view pays it, not the first slider move
@@ -334,27 +331,6 @@ class Explorer:
                 self._project(view, start + 1e-3 * directions[:, 0])
             self._warm = True
         return view
-
-    def _cons(self, view: View) -> tuple[Any, Any, Any]:
-        cached = view.gn
-        if cached is None:
-            problem = Problem(
-                self.model,
-                view.y.reshape(1, *self.output_shape),
-                None,
-                self.input_shape,
-                self.output_shape,
-                _F64,
-                torch.device("cpu"),
-                1e-8,
-                _chain=self._chain,
-            )
-            fn = _ModelFunctions(problem, _F64)
-            cons = _Constraint.build(problem, fn, _F64)
-            coords = _Coords.build(None, self.input_shape, _F64, torch.device("cpu")).expand(None)
-            cached = (coords, cons, torch.zeros(1, dtype=torch.long))
-            view.gn = cached
-        return cached
 
     def _inversions(self, y: Tensor) -> dict[str, InversionView]:
         out: dict[str, InversionView] = {}
@@ -468,18 +444,21 @@ class Explorer:
     def _project(self, view: View, x: Tensor) -> Tensor:
         lo, hi = self.bounds
         if not view.exact:
-            coords, cons, rows = self._cons(view)
-            b_lo = torch.full((self.n,), lo, dtype=_F64)
-            b_hi = torch.full((self.n,), hi, dtype=_F64)
-            xp, _, err, goal = gauss_newton(
-                coords, cons, rows, x.clamp(lo, hi)[None], b_lo, b_hi, max_iter=30
+            p = project_onto(
+                self._chain64,
+                view.y.reshape(1, *self.output_shape),
+                x.clamp(lo, hi)[None],
+                tol=1e-8,
+                bounds=(lo, hi),
+                max_iter=30,
             )
-            if not bool(err[0] <= max(float(goal[0]), 1e-9)):
+            # the steps' own measure of the violation (before the last activation) decides
+            if not bool(p.violation[0] <= max(float(p.goal[0]), 1e-9)):
                 raise NNInvError(
-                    f"the Gauss-Newton projection stalled at residual {float(err[0]):.3g}; "
+                    f"the Gauss-Newton projection stalled at residual {float(p.violation[0]):.3g}; "
                     "this point is too far from the preimage"
                 )
-            return xp[0]
+            return p.x[0]
         assert view.pre is not None
         if (
             view.bounded

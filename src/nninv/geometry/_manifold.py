@@ -9,6 +9,17 @@ Holmes-Cerfon & Goodman (2018), "Monte Carlo on manifolds: sampling densities
 and integrating functions", Comm. Pure Appl. Math. 71(12): a tangent step,
 a Newton projection back along the normal space, and a reverse check that
 keeps the chain reversible.
+
+These moves are not those of :func:`nninv.methods.projection.project` (the
+package's projection onto a preimage, which finds a *nearby* member by
+Gauss-Newton steps with the coordinates at a bound held there), and they
+answer other questions: :meth:`Manifold.project` finds a *closest* member, a
+KKT point of ``min |x - z|`` over the set and the box, as
+:meth:`~nninv.geometry.Preimage.project` promises; :meth:`Manifold.restore`
+steps to the exact closest point of the linearised set within the box (a QP,
+:meth:`~nninv.geometry._polytope.Polyhedron.project`, which may move a
+coordinate off its bound); and the walk's projection must move along the
+normal space at the start for the chain to stay reversible.
 """
 
 from __future__ import annotations

@@ -132,6 +132,8 @@ class Polyhedron:
             e = torch.zeros(0, dtype=_F64)
             outside = 0.0
         else:
+            if c is None:
+                raise NNInvError("an equality system A x = c needs its right-hand side c")
             A, c = A.to(_F64), c.to(_F64).reshape(-1)
             f = factor(A)
             d, out = f.reduce(c[None])
@@ -141,6 +143,8 @@ class Polyhedron:
             G = torch.zeros(0, n, dtype=_F64)
             g = torch.zeros(0, dtype=_F64)
         else:
+            if g is None:
+                raise NNInvError("an inequality system G x <= g needs its right-hand side g")
             G, g = G.to(_F64), g.to(_F64).reshape(-1)
             # unit rows, so slacks are distances and tolerances mean the same for each row
             s = torch.linalg.vector_norm(G, dim=1).clamp(min=1e-300)

@@ -6,7 +6,7 @@ sample, in the prior-whitened coordinates of :class:`._constraint._Coords`; its
 inner solves are :func:`_lbfgs`, a limited-memory BFGS batched over samples
 with an Armijo backtracking line search per sample, from which samples leave
 as they finish. It only has to come near the constraint: the Gauss-Newton
-projection (:mod:`._projection`) closes the rest. :class:`_Track` keeps the
+projection (:mod:`.projection`) closes the rest. :class:`_Track` keeps the
 per-sample counts over the first solve and the retries, and
 :func:`_progress_bar` is the run's progress bar.
 """

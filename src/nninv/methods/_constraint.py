@@ -11,12 +11,14 @@ the starts (:func:`_initial_u`, :func:`_random_u`), the choice of mixture
 components by Laplace evidence (:func:`_choose_components`), the batched
 Jacobian (:func:`_jacobian`) and the box (:func:`_clip`). Everything here is
 shared by the augmented Lagrangian (:mod:`._augmented_lagrangian`), the
-projection (:mod:`._projection`) and the method (:mod:`.optimize`).
+projection (:mod:`.projection`) and the method (:mod:`.optimize`); other
+modules reach the projection through :func:`.projection.project`, never these
+objects.
 """
 
 from __future__ import annotations
 
-__all__ = [  # private: what optimize.py, _augmented_lagrangian.py and _projection.py use
+__all__ = [  # private: what optimize.py, _augmented_lagrangian.py and projection.py use
     "CLASS_MARGIN",
     "_Constraint",
     "_Coords",
@@ -44,7 +46,6 @@ from ..model.chain import Chain, Elementwise, Shift
 from ..model.outputs import output_kind
 from ..priors import CombinedPrior, GaussianMixturePrior, GaussianPrior
 from ..targets import ClassTarget
-from . import Problem
 
 #: Margin (in logits) that a class target aims beyond its threshold, so that the
 #: measured shortfall is 0 despite rounding.
@@ -71,17 +72,17 @@ class _ModelFunctions:
     last activation, softmax or log-softmax (None if the model cannot be split).
     """
 
-    def __init__(self, problem: Problem, dtype: torch.dtype) -> None:
-        model = problem.model
-        p = next(iter(model.parameters()), None)
+    def __init__(
+        self, model: nn.Module, chain: Chain, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        p: Tensor | None = next(iter(model.parameters()), None)
         if p is None:
             p = next(iter(model.buffers()), None)
-        if p is not None and (p.dtype != dtype or p.device != problem.device):
-            model = copy.deepcopy(model).to(dtype=dtype, device=problem.device)
+        if p is not None and (p.dtype != dtype or p.device != device):
+            model = copy.deepcopy(model).to(dtype=dtype, device=device)
             model.requires_grad_(False)
         self.model = model
-        self.shape = problem.input_shape
-        chain: Chain = problem.chain
+        self.shape = chain.input_shape
         self.kind = output_kind(chain)
         self.last = chain.steps[-1] if chain.steps else None
         self._head = _split_last(model, self.last)
@@ -137,10 +138,16 @@ class _Constraint:
         return int(self.t.shape[1]) if self.t is not None else 1
 
     @classmethod
-    def build(cls, problem: Problem, fn: _ModelFunctions, dtype: torch.dtype) -> _Constraint:
-        target = problem.target
+    def build(
+        cls,
+        target: Tensor | ClassTarget,
+        fn: _ModelFunctions,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> _Constraint:
+        """The constraint that ``target`` (exact ``(N, *output_shape)``, or a class) sets."""
         if isinstance(target, ClassTarget):
-            return cls._class(target, fn, problem, dtype)
+            return cls._class(target, fn, dtype, device)
         y = target.reshape(target.shape[0], -1).to(dtype)
         last = fn.last
         if fn.has_head and isinstance(last, Elementwise) and last.act.injective:
@@ -160,7 +167,7 @@ class _Constraint:
 
     @classmethod
     def _class(
-        cls, target: ClassTarget, fn: _ModelFunctions, problem: Problem, dtype: torch.dtype
+        cls, target: ClassTarget, fn: _ModelFunctions, dtype: torch.dtype, device: torch.device
     ) -> _Constraint:
         kind = fn.kind
         if kind in ("softmax", "logsoftmax", "sigmoid") and fn.has_head:
@@ -187,7 +194,7 @@ class _Constraint:
             # aim as high as the dtype resolves, and report the sample as unconverged
             p = 1.0 - 64 * torch.finfo(dtype).eps
         threshold = None if p is None else math.log(p) - math.log1p(-p)
-        labels = target.labels.to(problem.device)
+        labels = target.labels.to(device)
         return cls(
             "class",
             F,

@@ -2,7 +2,7 @@
 
 A :class:`~nninv.learned.Decoder` ``g`` maps outputs to inputs, but ``f(g(y))``
 is only near ``y``. This method starts at ``g(y)`` and takes the Gauss-Newton
-projection of :mod:`._projection` (the one ``method="optimize"`` ends with)
+projection of :mod:`.projection` (the one ``method="optimize"`` ends with)
 onto ``{x : f(x) = y}`` within ``bounds``, in the metric of the decoder's
 error covariance ``Sigma`` (fitted on held-out data): each step is
 ``x <- x - Sigma J^T (J Sigma J^T)^+ r``, so the correction goes where the
@@ -25,12 +25,10 @@ import torch
 
 from ..errors import NNInvError
 from ..learned import Decoder
-from ..model.outputs import residual_of
 from ..targets import ClassTarget
 from . import Problem, Solution, register
-from ._constraint import _clip, _Constraint, _Coords, _ModelFunctions
-from ._projection import project
 from .optimize import _bounds
+from .projection import project
 
 
 @register("decoder")
@@ -107,28 +105,19 @@ def invert_decoder(problem: Problem) -> Solution:
         x0 = x0.reshape(N, n)
         if not bool(torch.isfinite(x0).all()):
             raise NNInvError("option start contains NaN or inf")
-    fn = _ModelFunctions(problem, dtype)
-    with torch.no_grad():
-        raw = residual_of(y, fn.full(x0).reshape(y.shape), problem.chain)
-    cons = _Constraint.build(problem, fn, dtype)
-    coords = _Coords.build(dec.error, problem.input_shape, dtype, device)
-    rows = torch.arange(N, device=device)
-    x, iterations, _, _ = project(
-        coords.expand(None), cons, rows, _clip(x0, lo, hi), lo, hi, max_iter
+    p = project(
+        problem.chain,
+        y,
+        x0,
+        tol=problem.tol,
+        bounds=None if lo is None or hi is None else (lo, hi),
+        metric=dec.error,
+        max_iter=max_iter,
     )
-    with torch.no_grad():
-        res = residual_of(y, fn.full(x).reshape(y.shape), problem.chain)
-    ok = torch.isfinite(res) & (res <= problem.tol)
-    reasons: list[str | None] = [None] * N
-    for i in (~ok).nonzero().flatten().tolist():
-        reasons[i] = (
-            f"the projection of the decoder's guess stalled at residual {float(res[i]):.3g} "
-            f"after {iterations} iterations (the target may be outside the model's range"
-            f"{' within the bounds' if lo is not None else ''}, or the guess too far from it)"
-        )
+    reasons = list(p.reasons)
     info = {
-        "raw_residual": raw,
-        "projection_iterations": iterations,
+        "raw_residual": p.start_residual,
+        "projection_iterations": p.iterations,
         "seconds": time.perf_counter() - t0,
     }
-    return Solution(x.reshape(N, *problem.input_shape), iterations, ok, reasons, info)
+    return Solution(p.x.reshape(N, *problem.input_shape), p.iterations, p.converged, reasons, info)

@@ -51,7 +51,7 @@ in four stages.
    conditional mean).
 
 Stage 1's coordinates and constraint live in :mod:`._constraint`, stage 2 in
-:mod:`._augmented_lagrangian`, stages 3 and 4 in :mod:`._projection`; this
+:mod:`._augmented_lagrangian`, stages 3 and 4 in :mod:`.projection`; this
 module parses the options, runs the stages and chooses among the candidates.
 
 Bounds hold exactly: every answer is clipped to the box and projected within
@@ -106,7 +106,7 @@ from ._constraint import (
     _ModelFunctions,
     _random_u,
 )
-from ._projection import polish, project
+from .projection import gauss_newton, polish
 
 #: Covariance rank the augmented Lagrangian keeps by default, for inputs of at least
 #: four times as many values.
@@ -253,13 +253,14 @@ def _invert(problem: Problem) -> Solution:
     mixed = opts["precision"] == "mixed" and dtype == torch.float64
     wdtype = torch.float32 if mixed else dtype
 
-    fn = _ModelFunctions(problem, dtype)
-    cons = _Constraint.build(problem, fn, dtype)
+    fn = _ModelFunctions(problem.model, problem.chain, dtype, device)
+    cons = _Constraint.build(problem.target, fn, dtype, device)
     coords = _Coords.build(problem.prior, problem.input_shape, dtype, device)
     if wdtype == dtype:
         cons_w, coords_w = cons, coords
     else:
-        cons_w = _Constraint.build(problem, _ModelFunctions(problem, wdtype), wdtype)
+        fn_w = _ModelFunctions(problem.model, problem.chain, wdtype, device)
+        cons_w = _Constraint.build(problem.target, fn_w, wdtype, device)
         coords_w = _Coords.build(problem.prior, problem.input_shape, wdtype, device)
     coords_w = coords_w.low_rank(_whiten_rank(opts["whiten_rank"], math.prod(problem.input_shape)))
     lo_w, hi_w = (None, None) if lo is None else (lo.to(wdtype), hi.to(wdtype))
@@ -296,7 +297,7 @@ def _invert(problem: Problem) -> Solution:
             solver.run(todo, eta_rel, max_iter)
             x = sub_w.to_x(solver.u[todo], todo.nonzero().flatten())
             x = _clip(x.to(dtype), lo, hi)
-            x, it, err, goal = project(sub, cons, rows[sel][todo], x, lo, hi)
+            x, it, err, goal = gauss_newton(sub, cons, rows[sel][todo], x, lo, hi)
             track.projection = max(track.projection, it)
             if x_all is None:
                 x_all = x
@@ -323,16 +324,16 @@ def _invert(problem: Problem) -> Solution:
         sel = failed.nonzero().flatten()
         if sel.numel() == 0:
             break
-        sub = coords.expand(comp[sel] if comp is not None else None)
-        xr, fr = solve(sel, sub.to_x(_random_u(sub, len(sel), gen, lo, hi, dtype), None))
+        part = coords.expand(comp[sel] if comp is not None else None)
+        xr, fr = solve(sel, part.to_x(_random_u(part, len(sel), gen, lo, hi, dtype), None))
         x[sel], failed[sel] = xr, fr
         track.retried[sel] += 1
     if cons.kind == "exact" and polish_steps and not bool(failed.all()):
         # the augmented Lagrangian stopped early: a few steps along the constraint
         # set move each answer to the prior's optimum on it
         sel = (~failed).nonzero().flatten()
-        sub = coords.expand(comp[sel] if comp is not None else None)
-        x[sel], track.polished[sel] = polish(sub, cons, rows[sel], x[sel], lo, hi, polish_steps)
+        part = coords.expand(comp[sel] if comp is not None else None)
+        x[sel], track.polished[sel] = polish(part, cons, rows[sel], x[sel], lo, hi, polish_steps)
     bar.close()
 
     ok, reasons, energy = _assess(problem, coords, cons, rows, x, track, lo, hi)

@@ -2,9 +2,10 @@
 
 A :class:`~nninv.learned.ConditionalFlow` draws inputs ``x ~ p(x | y)``; each
 draw is then moved onto the exact preimage ``{x : f(x) = y}`` by the
-decoder method's Gauss-Newton projection (started at the draw, in the metric
-of the decoder's errors), so every returned sample has the requested output
-to the tolerance, or is flagged as not converged.
+package's projection (:func:`nninv.methods.projection.project`, through the
+decoder method: started at the draw, in the metric of the decoder's errors),
+so every returned sample has the requested output to the tolerance, or is
+flagged as not converged.
 """
 
 from __future__ import annotations
