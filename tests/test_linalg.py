@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from conftest import EPS
-from nninv.linalg import factor, gauss_newton_onto
+from nninv.linalg import factor, gauss_newton_onto, gauss_newton_solve
 
 TOL = EPS[torch.float64]["close"]
 
@@ -62,3 +62,15 @@ def test_gauss_newton_onto_closed_form():
     )
     assert torch.allclose(u, torch.logit(d), atol=1e-10)
     assert float(err.max()) <= 1e-13 and it > 0
+
+
+def test_gauss_newton_solve_closed_form():
+    def F(x):
+        return torch.tanh(x[:, :2]) + x[:, 2:] ** 3
+
+    target = torch.tensor([[0.3, -0.4]], dtype=torch.float64)
+    x0 = torch.zeros(1, 4, dtype=torch.float64)
+    x, err, _ = gauss_newton_solve(F, x0, target, tol=1e-12)
+    assert float(err.max()) <= 1e-12
+    # from the origin the minimum-norm steps stay in the row space: x[2:] stays 0
+    assert torch.allclose(x[0, :2], torch.atanh(target[0]), atol=1e-10)

@@ -1,4 +1,4 @@
-"""Linear algebra on tensors: rank-revealing factors, constraint reduction, Gauss-Newton steps.
+"""Linear algebra on tensors: rank-revealing factors, constraint reduction, projection.
 
 Every affine constraint ``A x = c`` that the methods meet is reduced, through a
 thin SVD computed once per operator, to ``B x = d`` with ``B`` having
@@ -10,7 +10,7 @@ reported, never silently dropped.
 
 from __future__ import annotations
 
-__all__ = ["Factor", "factor", "gauss_newton_onto", "orthonormal_rows"]
+__all__ = ["Factor", "factor", "gauss_newton_onto", "gauss_newton_solve", "orthonormal_rows"]
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,12 +162,6 @@ def gauss_newton_onto(
     ``r x r`` system per sample. A backtracking line search keeps the residual
     decreasing.
 
-    This is the closed-form methods' step through one hidden activation, kept
-    apart from the projection onto a model's preimage
-    (:func:`nninv.methods.projection.project`) because its structure makes it
-    cheap: the Jacobian comes from one elementwise derivative, with no pass
-    through a network and no box.
-
     Returns
     -------
     u : Tensor (N, k)
@@ -215,3 +209,68 @@ def gauss_newton_onto(
         res[active] = rc
         err = res.abs().amax(1)
     return u, err, it
+
+
+def gauss_newton_solve(
+    F: Callable[[Tensor], Tensor],
+    x0: Tensor,
+    target: Tensor,
+    *,
+    tol: float,
+    max_iter: int = 50,
+    metric: Tensor | None = None,
+) -> tuple[Tensor, Tensor, int]:
+    """Solve ``F(x) = target`` for ``x`` near ``x0`` by minimum-norm Gauss-Newton steps.
+
+    ``F`` maps ``(N, n) -> (N, m)`` row by row, with ``m`` small: each step solves
+    one damped ``m x m`` system per sample, ``x <- x - M J^T (J M J^T)^{-1} r``,
+    where ``M`` is ``metric`` (identity by default), with a backtracking line
+    search on ``|r|``. Jacobians come from ``torch.func`` (vmap of jacrev).
+
+    Returns ``x``, the residual ``max |F(x) - target|`` per sample, and the
+    number of iterations used.
+    """
+    from torch.func import jacrev, vmap
+
+    def single(v: Tensor) -> Tensor:
+        return F(v.unsqueeze(0)).squeeze(0)
+
+    jac = vmap(jacrev(single))
+    x = x0.clone()
+    with torch.no_grad():
+        res = F(x) - target
+    err = res.abs().amax(1).nan_to_num(nan=float("inf"))
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007
+        active = err > tol
+        if not bool(active.any()):
+            it -= 1
+            break
+        xa, ra, ta = x[active], res[active], target[active]
+        J = jac(xa).detach()  # (k, m, n)
+        MJt = J.transpose(1, 2) if metric is None else metric @ J.transpose(1, 2)
+        JMJt = J @ MJt
+        scale = JMJt.diagonal(dim1=1, dim2=2).amax(1).clamp(min=torch.finfo(x.dtype).tiny)
+        eye = torch.eye(J.shape[1], dtype=x.dtype, device=x.device)
+        JMJt = JMJt + (1e-12 * scale)[:, None, None] * eye
+        lam = (torch.linalg.pinv(JMJt, hermitian=True) @ ra.unsqueeze(-1)).squeeze(-1)
+        step = (MJt @ lam.unsqueeze(-1)).squeeze(-1)
+        t = torch.ones(xa.shape[0], 1, dtype=x.dtype, device=x.device)
+        old = ra.norm(dim=1)
+        with torch.no_grad():
+            for _ in range(30):
+                cand = xa - t * step
+                rc = F(cand) - ta
+                better = rc.norm(dim=1) < old
+                if bool(better.all()):
+                    break
+                t = torch.where(better[:, None], t, t / 2)
+            keep = better | ~torch.isfinite(old)
+            xa = torch.where(keep[:, None], cand, xa)
+            ra = torch.where(keep[:, None], rc, ra)
+        x[active] = xa
+        res[active] = ra
+        err = res.abs().amax(1).nan_to_num(nan=float("inf"))
+        if not bool(keep.any()):
+            break
+    return x, err, it

@@ -10,12 +10,7 @@ constraint meets an activation (or the input), a *chooser* picks one member:
 the minimum-norm one (``pinv``) or the prior's conditional mean (``analytic``).
 If the member lies outside a bounded activation's range, Gauss-Newton steps in
 the activation's own coordinates move it onto ``{B sigma(u) = d}``, so the
-constraint holds exactly and the next inverse is defined
-(:func:`nninv.linalg.gauss_newton_onto`: the Jacobian ``B diag(sigma'(u))`` is
-known from one elementwise derivative, so a step costs an ``r x r`` solve and no
-pass through the network). A sample whose hidden member cannot be reached that
-way is finished on the whole chain by the package's one projection onto the
-preimage (:func:`.projection.project`).
+constraint holds exactly and the next inverse is defined.
 """
 
 from __future__ import annotations
@@ -29,10 +24,9 @@ import torch
 from torch import Tensor
 
 from ..errors import NNInvError
-from ..linalg import factor, gauss_newton_onto
+from ..linalg import factor, gauss_newton_onto, gauss_newton_solve
 from ..model.chain import Affine, Chain, Elementwise, Shift
 from ..model.outputs import all_finite
-from .projection import Projection, project
 
 #: ``chooser(position, B, d) -> v``: a member of ``{v : B v = d}`` for the vector
 #: entering step ``position`` (0 means the model input).
@@ -203,22 +197,21 @@ def _pre_residual(chain: Chain, x: Tensor, y: Tensor) -> Tensor:
 
 
 def _polish(chain: Chain, x0: Tensor, y: Tensor, tol: float) -> tuple[Tensor, Tensor, int]:
-    """Solve ``f(x) = y`` from ``x0`` by the Gauss-Newton projection (no box), before a last
-    invertible activation; returns ``x``, the violation reached there, and the iterations."""
+    """Solve ``f(x) = y`` from ``x0`` by Gauss-Newton, before the last activation."""
+    upto, target = _pre_target(chain, y)
 
-    def solve(start: Tensor, target: Tensor) -> Projection:
-        return project(chain, target.reshape(-1, *chain.output_shape), start, tol=tol, max_iter=50)
+    def F(v: Tensor) -> Tensor:
+        return chain.forward_flat(v, upto=upto)
 
-    p = solve(x0, y)
-    x, err, it = p.x.clone(), p.violation.clone(), p.iterations
+    x, err, it = gauss_newton_solve(F, x0, target, tol=tol)
     again = ~(err <= tol)
     if bool(again.any()):
         # a saturated start can stall; the origin is a neutral second start
-        p2 = solve(torch.zeros_like(x0[again]), y[again])
-        better = p2.violation < err[again]
+        x2, err2, it2 = gauss_newton_solve(F, torch.zeros_like(x0[again]), target[again], tol=tol)
+        better = err2 < err[again]
         idx = again.nonzero().flatten()[better]
-        x[idx], err[idx] = p2.x[better], p2.violation[better]
-        it = max(it, p2.iterations)
+        x[idx], err[idx] = x2[better], err2[better]
+        it = max(it, it2)
     return x, err, it
 
 
