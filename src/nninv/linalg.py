@@ -222,6 +222,12 @@ def gauss_newton_solve(
 ) -> tuple[Tensor, Tensor, int]:
     """Solve ``F(x) = target`` for ``x`` near ``x0`` by minimum-norm Gauss-Newton steps.
 
+    Not :func:`nninv.methods.projection.project`: this is the closed-form
+    methods' finishing step on an unbounded chain, whose minimum-norm steps keep
+    ``pinv``'s answer the minimum-norm member (folding it into the projection,
+    with its other damping and stopping rule, moved some ``pinv`` answers on
+    saturated nets to other, larger members).
+
     ``F`` maps ``(N, n) -> (N, m)`` row by row, with ``m`` small: each step solves
     one damped ``m x m`` system per sample, ``x <- x - M J^T (J M J^T)^{-1} r``,
     where ``M`` is ``metric`` (identity by default), with a backtracking line
