@@ -133,39 +133,7 @@ def run(args: argparse.Namespace) -> int:
         raise NNInvError(f"--count must be a positive integer, got {args.count}")
     lo, hi = parse_pair(args.bounds, "--bounds")
     label = _target(args.target)
-    if args.model is None:
-        if args.input is not None or args.input_shape is not None:
-            raise NNInvError(f"--{'input' if args.input else 'input-shape'} needs MODEL")
-        from ..datasets import load_embedded
-        from ..experiments.seed import train_classifier
-
-        ds = load_embedded(args.dataset)
-        train, test = ds.split(min(1000, len(ds) // 5), args.seed)
-        print(
-            f"training a {train.n_pixels}-128-10 ReLU network on {len(train)} "
-            f"{args.dataset} digits ...",
-            flush=True,
-        )
-        model = train_classifier(train.images, train.labels, hidden=128, seed=args.seed)
-        X = test.images[: args.count].reshape(args.count, -1).numpy()
-    else:
-        from .. import load_model
-
-        if args.input is None:
-            raise NNInvError("with MODEL, give the inputs with --input X.npy")
-        given = parse_shape(args.input_shape) if args.input_shape is not None else None
-        x_in = load_array(args.input, "input", "--input")
-        model = load_model(args.model)
-        shape = analyse_model(model, given, x_in, "--input").input_shape
-        X = fit_to_shape(x_in, shape, "input", args.input)[: args.count]
-        outside = (X < lo) | (X > hi)
-        if outside.any():
-            i = int(np.argwhere(outside.reshape(len(X), -1))[0, 0])
-            raise NNInvError(
-                f"--input {args.input}: row {i} lies outside --bounds {lo:g},{hi:g}; give "
-                "--bounds that contain the inputs"
-            )
-    X = np.asarray(X, dtype=np.float64)
+    model, X = _model_and_inputs(args, lo, hi)
     found, diffs = [], []
     print(
         f"{'#':>3} {'class':>5} {'target':>6} {'status':>11} {'distance':>10} {'bound':>10} "
@@ -199,15 +167,66 @@ def run(args: argparse.Namespace) -> int:
             x = res.x.reshape(x0.shape).numpy()
             found.append(x)
             diffs.append(x - x0)
+    _save(args, X, np.stack(found), np.stack(diffs), lo, hi)
+    return 0
+
+
+def _model_and_inputs(args: argparse.Namespace, lo: float, hi: float) -> tuple[Any, np.ndarray]:
+    """The model and the float64 inputs to attack: MODEL and --input, or a network
+    trained here on the embedded digits and their test images."""
+    model: Any
+    if args.model is None:
+        if args.input is not None or args.input_shape is not None:
+            raise NNInvError(f"--{'input' if args.input else 'input-shape'} needs MODEL")
+        from ..datasets import load_embedded
+        from ..experiments.seed import train_classifier
+
+        ds = load_embedded(args.dataset)
+        train, test = ds.split(min(1000, len(ds) // 5), args.seed)
+        print(
+            f"training a {train.n_pixels}-128-10 ReLU network on {len(train)} "
+            f"{args.dataset} digits ...",
+            flush=True,
+        )
+        model = train_classifier(train.images, train.labels, hidden=128, seed=args.seed)
+        X = test.images[: args.count].reshape(args.count, -1).numpy()
+    else:
+        from .. import load_model
+
+        if args.input is None:
+            raise NNInvError("with MODEL, give the inputs with --input X.npy")
+        given = parse_shape(args.input_shape) if args.input_shape is not None else None
+        x_in = load_array(args.input, "input", "--input")
+        model = load_model(args.model)
+        shape = analyse_model(model, given, x_in, "--input").input_shape
+        X = fit_to_shape(x_in, shape, "input", args.input)[: args.count]
+        outside = (X < lo) | (X > hi)
+        if outside.any():
+            i = int(np.argwhere(outside.reshape(len(X), -1))[0, 0])
+            raise NNInvError(
+                f"--input {args.input}: row {i} lies outside --bounds {lo:g},{hi:g}; give "
+                "--bounds that contain the inputs"
+            )
+    return model, np.asarray(X, dtype=np.float64)
+
+
+def _save(
+    args: argparse.Namespace,
+    X: np.ndarray,
+    A: np.ndarray,
+    diffs: np.ndarray,
+    lo: float,
+    hi: float,
+) -> None:
+    """Write closest.npy (NaN rows where nothing was found) and the figure."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shape = tuple(X.shape[1:])
-    A = np.stack(found)
     np.save(out / "closest.npy", A)
     rows = {
         "original": X,
         "closest": np.nan_to_num(A, nan=0.5 * (lo + hi)),
-        "difference": np.stack(diffs),
+        "difference": diffs,
     }
     zero = "grey = 0, scaled per image" if image_view(X[:1], shape) else "white = 0"
     title = f"closest input of the target class ({args.norm}); difference: {zero}"
@@ -221,7 +240,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"figure: {fig}")
     print(f"inputs: {out / 'closest.npy'}")
-    return 0
 
 
 def _dtype(model: Any) -> torch.dtype:

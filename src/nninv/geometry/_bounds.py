@@ -7,9 +7,10 @@ arithmetic (:func:`interval_bounds`), then, for neurons still unstable
 problem (:func:`tighten`, after Tjeng, Xiao & Tedrake 2019), which make most
 of them stable and shrink the constants of the rest. :func:`ideal_cuts`
 strengthens that relaxation with the cuts of each neuron's convex hull
-(Anderson et al. 2020). The LPs are solved with HiGHS: through highspy when it
-is installed (warm-started from the previous basis), otherwise through
-:func:`scipy.optimize.linprog`.
+(Anderson et al. 2020). The LPs are solved with HiGHS through highspy,
+warm-started from the previous basis.
+
+These three functions are the internal API of the exact engines.
 
 References
 ----------
@@ -21,23 +22,25 @@ programming formulations for trained neural networks", Math. Programming 183.
 
 from __future__ import annotations
 
-__all__ = ["ideal_cuts", "interval_bounds", "tighten"]
+__all__ = ["Bounds", "ideal_cuts", "interval_bounds", "tighten"]
 
 import math
 import time
+from collections.abc import Callable
 
+import highspy
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import linprog
 
-from ._highs import _quiet_highs, _split
-from ._milp import Encoding, PLNet, _act, encode
-from ._polytope import LP_OPTIONS
+from ._highs import pass_model, quiet_highs
+from ._milp import Encoding, Goal, PLNet, _act, encode
+
+Bounds = list[tuple[np.ndarray, np.ndarray]]
 
 
 def interval_bounds(
-    net: PLNet, lo: np.ndarray, hi: np.ndarray, start: int = 0, known: list | None = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
+    net: PLNet, lo: np.ndarray, hi: np.ndarray, start: int = 0, known: Bounds | None = None
+) -> Bounds:
     """Pre-activation bounds ``(l, u)`` of every hidden layer for ``lo <= x <= hi``.
 
     With ``known`` (bounds of layers ``< start``), propagation restarts at ``start``.
@@ -62,25 +65,25 @@ def interval_bounds(
 
 def tighten(
     net: PLNet,
-    bounds: list[tuple[np.ndarray, np.ndarray]],
+    bounds: Bounds,
     lo: np.ndarray,
     hi: np.ndarray,
-    label: int | None,
+    goal: Goal | int | None,
     deadline: float,
     rounds: int = 4,
     cuts: bool = False,
     skip: np.ndarray | None = None,
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], int, bool]:
+) -> tuple[Bounds, int, bool]:
     """Tighten the bounds of unstable neurons by LPs over the relaxation of the whole problem.
 
     The bounds only need to hold where the optimum can be: inputs in the box
-    whose class is ``label``. Minimising and maximising each unstable
-    pre-activation over the LP relaxation of that set (the class constraints
-    included) makes most neurons stable, which removes their binaries and
-    tightens the big-M constants of the rest. Rounds repeat while neurons
-    become stable, until ``deadline``. With highspy installed the LPs are
-    re-solved from the previous basis (milliseconds each); otherwise each is
-    solved from scratch with :func:`scipy.optimize.linprog`.
+    whose output meets ``goal`` (a :class:`~nninv.geometry._milp.Goal`, a class
+    index, or None for every input of the box). Minimising and maximising each
+    unstable pre-activation over the LP relaxation of that set (the output
+    constraints included) makes most neurons stable, which removes their
+    binaries and tightens the big-M constants of the rest. Rounds repeat while
+    neurons become stable, until ``deadline``; each LP is re-solved from the
+    previous basis (milliseconds each).
 
     With ``cuts=True`` each round first strengthens the relaxation with the
     cuts of :func:`ideal_cuts`, so that more neurons become stable.
@@ -98,7 +101,7 @@ def tighten(
         before = sum(int(((l < 0) & (u > 0)).sum()) for l, u in bounds)
         if before == 0:
             break
-        enc = encode(net, bounds, lo, hi, label=label, relax=True)
+        enc = encode(net, bounds, lo, hi, goal=_goal(net, goal), relax=True)
         extra = None
         if cuts:
             C, ub, _ = ideal_cuts(enc, deadline, max_rounds=8)
@@ -137,69 +140,39 @@ def tighten(
     return bounds, n_lp, False
 
 
-def _lp_solver(enc: Encoding, extra=None):  # type: ignore[no-untyped-def]
+def _goal(net: PLNet, goal: Goal | int | None) -> Goal | None:
+    if goal is None or isinstance(goal, Goal):
+        return goal
+    return Goal.of_class(int(goal), net.Ws[-1].shape[0])
+
+
+def _lp_solver(
+    enc: Encoding, extra: tuple[sp.csr_matrix, np.ndarray] | None = None
+) -> Callable[[int, float], tuple[str, float]]:
     """``solve(col, sign) -> (status, sign * min(sign * v[col]))`` over the encoding's LP,
     with ``extra = (C, ub)`` rows ``C v <= ub`` added."""
     if extra is not None:
-        C, ub = extra
-        enc = Encoding(
-            enc.c,
-            sp.vstack([enc.A, C]).tocsr(),
-            np.concatenate([enc.lb, np.full(C.shape[0], -np.inf)]),
-            np.concatenate([enc.ub, ub]),
-            enc.lower,
-            enc.upper,
-            enc.integrality,
-            enc.n_in,
-            enc.h_offsets,
-            enc.delta_index,
-            enc.info,
-        )
-    try:
-        import highspy
-    except ImportError:
-        highspy = None
-    if highspy is not None:
-        h = _quiet_highs(highspy)
-        h.setOptionValue("primal_feasibility_tolerance", 1e-9)
-        h.setOptionValue("dual_feasibility_tolerance", 1e-9)
-        A = enc.A.tocsc()
-        lp = highspy.HighsLp()
-        lp.num_col_, lp.num_row_ = enc.c.size, A.shape[0]
-        lp.col_cost_ = np.zeros(enc.c.size)
-        lp.col_lower_, lp.col_upper_ = enc.lower, enc.upper
-        lp.row_lower_, lp.row_upper_ = enc.lb, enc.ub
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
-        h.passModel(lp)
-        prev = [None]
+        enc = enc.with_rows(*extra)
+    h = quiet_highs()
+    h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+    h.setOptionValue("dual_feasibility_tolerance", 1e-9)
+    pass_model(h, enc, cost=np.zeros(enc.c.size), integer=False)
+    prev: list[int | None] = [None]
 
-        def solve_hs(col: int, sign: float) -> tuple[str, float]:
-            if prev[0] is not None and prev[0] != col:
-                h.changeColCost(prev[0], 0.0)
-            h.changeColCost(col, sign)
-            prev[0] = col
-            h.run()
-            st = h.getModelStatus()
-            if st == highspy.HighsModelStatus.kOptimal:
-                return "optimal", sign * h.getInfo().objective_function_value
-            if st == highspy.HighsModelStatus.kInfeasible:
-                return "infeasible", math.nan
-            return "other", math.nan
+    def solve(col: int, sign: float) -> tuple[str, float]:
+        if prev[0] is not None and prev[0] != col:
+            h.changeColCost(prev[0], 0.0)
+        h.changeColCost(col, sign)
+        prev[0] = col
+        h.run()
+        st = h.getModelStatus()
+        if st == highspy.HighsModelStatus.kOptimal:
+            return "optimal", sign * h.getInfo().objective_function_value
+        if st == highspy.HighsModelStatus.kInfeasible:
+            return "infeasible", math.nan
+        return "other", math.nan
 
-        return solve_hs
-    A_ub, b_ub, A_eq, b_eq = _split(enc)
-    kw = {"bounds": list(zip(enc.lower, enc.upper)), "method": "highs", "options": LP_OPTIONS}
-
-    def solve_scipy(col: int, sign: float) -> tuple[str, float]:
-        c = np.zeros(enc.c.size)
-        c[col] = sign
-        res = linprog(c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, **kw)
-        if res.status == 0:
-            return "optimal", sign * res.fun
-        return ("infeasible" if res.status == 2 else "other"), math.nan
-
-    return solve_scipy
+    return solve
 
 
 def ideal_cuts(
@@ -280,74 +253,30 @@ def ideal_cuts(
     return C, ub, rounds
 
 
-def _relaxation(enc: Encoding):  # type: ignore[no-untyped-def]
-    """``solve(new_rows)``: add rows ``A v <= ub`` (or None) and return the LP optimum ``v``."""
-    try:
-        import highspy
-    except ImportError:
-        highspy = None
-    if highspy is not None:
-        h = _quiet_highs(highspy)
-        A = enc.A.tocsc()
-        lp = highspy.HighsLp()
-        lp.num_col_, lp.num_row_ = enc.c.size, A.shape[0]
-        lp.col_cost_ = enc.c
-        lp.col_lower_, lp.col_upper_ = enc.lower, enc.upper
-        lp.row_lower_, lp.row_upper_ = enc.lb, enc.ub
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
-        h.passModel(lp)
+def _relaxation(
+    enc: Encoding,
+) -> Callable[[tuple[sp.csr_matrix, np.ndarray] | None], np.ndarray | None]:
+    """``solve(new_rows)``: add rows ``A v <= ub`` (and return None), or with None
+    return the LP optimum ``v`` (None when the LP has none)."""
+    h = quiet_highs()
+    pass_model(h, enc, integer=False)
 
-        def solve_hs(new):  # type: ignore[no-untyped-def]
-            if new is not None:
-                R, ub = new
-                h.addRows(
-                    R.shape[0],
-                    np.full(R.shape[0], -highspy.kHighsInf),
-                    ub,
-                    R.nnz,
-                    R.indptr[:-1],
-                    R.indices,
-                    R.data,
-                )
-                return None
-            h.run()
-            if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-                return None
-            return np.asarray(h.getSolution().col_value)
-
-        return solve_hs
-    state = {"A": enc.A, "lb": enc.lb, "ub": enc.ub}
-
-    def solve_scipy(new):  # type: ignore[no-untyped-def]
+    def solve(new: tuple[sp.csr_matrix, np.ndarray] | None) -> np.ndarray | None:
         if new is not None:
             R, ub = new
-            state["A"] = sp.vstack([state["A"], R]).tocsr()
-            state["lb"] = np.concatenate([state["lb"], np.full(R.shape[0], -np.inf)])
-            state["ub"] = np.concatenate([state["ub"], ub])
+            h.addRows(
+                R.shape[0],
+                np.full(R.shape[0], -highspy.kHighsInf),
+                ub,
+                R.nnz,
+                R.indptr[:-1],
+                R.indices,
+                R.data,
+            )
             return None
-        e = Encoding(
-            enc.c,
-            state["A"],
-            state["lb"],
-            state["ub"],
-            enc.lower,
-            enc.upper,
-            enc.integrality,
-            enc.n_in,
-            [],
-            [],
-        )
-        A_ub, b_ub, A_eq, b_eq = _split(e)
-        res = linprog(
-            enc.c,
-            A_ub=A_ub,
-            b_ub=b_ub,
-            A_eq=A_eq,
-            b_eq=b_eq,
-            bounds=list(zip(enc.lower, enc.upper)),
-            method="highs",
-        )
-        return res.x if res.status == 0 else None
+        h.run()
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return None
+        return np.asarray(h.getSolution().col_value)
 
-    return solve_scipy
+    return solve

@@ -755,7 +755,7 @@ def preimage(
         A, b = core[0].matrix(_F64)
         kind = "class" if isinstance(tgt, ClassTarget) else "affine"
         sets = polyhedral(kind, cons, A, b, None, None, lo, hi, in_shape)
-        return Preimage(kind=kind, **sets, **common)
+        return Preimage(kind=kind, **sets.keywords(), **common)
     if form == "piecewise":
         if x_ar is None:
             raise NNInvError(
@@ -765,7 +765,7 @@ def preimage(
             )
         M, m0, R, r = piece(core, x_ar, n)
         sets = polyhedral("piece", cons, M, m0, R, r, lo, hi, in_shape, around=x_ar)
-        return Preimage(kind="piece", **sets, **common)
+        return Preimage(kind="piece", **sets.keywords(), **common)
     # a chain of affine layers and injective activations: a curved set
     if isinstance(tgt, ClassTarget):
         raise NNInvError(

@@ -8,13 +8,15 @@ describes (or why none); :func:`piece` linearises a piecewise-linear network
 (ReLU, leaky ReLU, max pooling via :func:`maxpool_windows`) on the
 activation region of one input; and :func:`polyhedral` assembles the
 :class:`~nninv.geometry._polytope.Polyhedron` of an affine output map with
-those constraints, its member or the proof that it is empty.
+those constraints, its member or the proof that it is empty
+(:class:`PolySet`).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "OutCons",
+    "PolySet",
     "class_output",
     "core_kind",
     "exact_output",
@@ -24,7 +26,7 @@ __all__ = [
 ]
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -59,12 +61,15 @@ def exact_output(chain: Chain, y: Tensor) -> OutCons:
     steps = list(chain.steps)
     z = y.clone()
     i = len(steps)
-    while i > 0 and isinstance(steps[i - 1], Elementwise) and steps[i - 1].act.injective:
-        z = steps[i - 1].act.inverse(z)
+    while i > 0:
+        last = steps[i - 1]
+        if not (isinstance(last, Elementwise) and last.act.injective):
+            break
+        z = last.act.inverse(z)
         i -= 1
     m = z.numel()
-    if i > 0 and isinstance(steps[i - 1], Shift):
-        s = steps[i - 1]
+    s = steps[i - 1] if i > 0 else None
+    if isinstance(s, Shift):
         if i < len(steps):
             raise NNInvError(
                 f"{s.label()} is followed by a nonlinear activation; the preimage of a "
@@ -139,6 +144,37 @@ def core_kind(core: list[Step]) -> str:
 # --- the polyhedral kinds -------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PolySet:
+    """What :func:`polyhedral` finds: the set, and a member or why it is empty.
+
+    Attributes
+    ----------
+    poly : Polyhedron
+        The inputs within the bounds that meet the output's constraints (and
+        the region's, for a piece).
+    region : Polyhedron or None
+        The activation region of a piece within the bounds; None otherwise.
+    member : Tensor or None
+        ``(n,)`` the centre of the largest inscribed ball; None when empty.
+    reason : str or None
+        Why the set is empty; None when it has a member.
+    info : dict
+        ``"n_equalities"``, ``"n_inequalities"``, and ``"around"``,
+        ``"radius"``, ``"n_implicit_equalities"`` where they apply.
+    """
+
+    poly: Polyhedron
+    region: Polyhedron | None
+    member: Tensor | None
+    reason: str | None
+    info: dict[str, Any]
+
+    def keywords(self) -> dict[str, Any]:
+        """The fields as keywords of :class:`~nninv.geometry.Preimage` (shallow)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def maxpool_windows(step: Unsupported) -> tuple[Tensor, tuple[int, ...]]:
     """Flat input indices of each pooling window (out_numel, k), -1 for padding."""
     import torch.nn.functional as F
@@ -189,7 +225,7 @@ def piece(core: list[Step], x0: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor,
             r_vals.append(-sign * m0)
             D = torch.where(act, 1.0, alpha).to(_F64)
             M, m0, v = D[:, None] * M, D * m0, D * v
-        elif is_maxpool(step):
+        elif isinstance(step, Unsupported) and is_maxpool(step):
             win, _ = maxpool_windows(step)
             vals = torch.where(win >= 0, v[win.clamp(min=0)], -math.inf)
             chosen = win.gather(1, vals.argmax(1, keepdim=True))[:, 0]
@@ -218,7 +254,7 @@ def polyhedral(
     hi: Tensor,
     input_shape: tuple[int, ...],
     around: Tensor | None = None,
-) -> dict[str, Any]:
+) -> PolySet:
     """The polyhedron of an affine output map ``h = M x + m0`` with the output's
     constraints and an optional region ``R x <= r``, within ``lo <= x <= hi``.
 
@@ -240,11 +276,11 @@ def polyhedral(
 
     Returns
     -------
-    dict
-        The keywords ``poly``, ``region``, ``info`` and either ``member`` (the
-        centre of the largest inscribed ball) or ``reason`` (why the set is
-        empty) of :class:`~nninv.geometry.Preimage`; the caller adds the rest
-        (this module sits below the object, so it does not build it).
+    PolySet
+        The set, its region, ``info`` and either ``member`` (the centre of the
+        largest inscribed ball) or ``reason`` (why the set is empty), for
+        :class:`~nninv.geometry.Preimage`; the caller adds the rest (this
+        module sits below the object, so it does not build it).
     """
     A = c = None
     if cons.Ez is not None and cons.ez is not None and cons.Ez.shape[0]:
@@ -274,7 +310,7 @@ def polyhedral(
             f"the target is outside the range of the model's linear map (relative "
             f"distance {outside:.2e})"
         )
-        return {"poly": poly, "region": region, "reason": reason, "info": info}
+        return PolySet(poly, region, None, reason, info)
     centre, radius = poly.centre()
     if centre is None:
         where = "the activation region of around" if kind == "piece" else "the bounds"
@@ -282,7 +318,7 @@ def polyhedral(
             f"no input within {where} reaches the target: the LP for a member is "
             "infeasible (the target is outside the image of the bounded domain)"
         )
-        return {"poly": poly, "region": region, "reason": reason, "info": info}
+        return PolySet(poly, region, None, reason, info)
     info["radius"] = radius
     info["n_implicit_equalities"] = int(poly.E.shape[0]) - rank
-    return {"poly": poly, "region": region, "member": centre, "info": info}
+    return PolySet(poly, region, centre, None, info)
