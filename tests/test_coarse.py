@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import EPS
 from nninv import ClassTarget, NNInvError, invert
 from nninv.methods import Problem
 from nninv.methods._coarse import _Upsample, _Upsampled, coarse_problem, coarse_shape, downsample
 from nninv.priors import BatchNormPrior, GaussianPrior, TotalVariation
+from tolerances import EPS
 
 F64 = torch.float64
 
