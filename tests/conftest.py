@@ -19,6 +19,11 @@ from torch import nn
 # Keras picks its backend on first import; every Keras test here runs on torch
 os.environ["KERAS_BACKEND"] = "torch"
 
+# The tests' nets are small: torch's intra-op threads cost more in spin-waiting than they
+# save, and tens of times more on a busy machine (test_coarse's float64 test, 2 threads
+# against 1 under load: 144 s against 7.6 s); nninv does the same in its own hot loops.
+torch.set_num_threads(1)
+
 # property tests draw the same examples on every run (seeded), so CI cannot flake on a
 # new draw; explicit @example cases keep the ones that once failed
 settings.register_profile("nninv", derandomize=True, database=None)
