@@ -263,6 +263,7 @@ def ray_cluster():
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_invert_dataset_follows(seed_model, ray_cluster, tmp_path, device, dtype):
     import pyarrow.parquet as pq
 

@@ -56,6 +56,7 @@ def cluster():
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_two_workers_equal_one_call(seed_model, cluster, tmp_path):
     f = seed_model(n=12, m=4)
     y = _outputs(f, 200)
@@ -74,6 +75,7 @@ def test_two_workers_equal_one_call(seed_model, cluster, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_parquet_input_keeps_its_columns(seed_model, cluster, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -101,6 +103,7 @@ def _die_once(module, inputs, output, *, marker: str, driver: int):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_killed_worker_loses_no_row(seed_model, cluster, tmp_path):
     f = seed_model(n=12, m=4)
     marker = tmp_path / "killed"
