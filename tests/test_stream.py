@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -13,7 +11,6 @@ import torch
 import nninv
 import nninv.distributed.stream as stream
 from nninv import NNInvError
-from nninv.cli import main
 from nninv.distributed import invert_file
 from tolerances import EPS
 
@@ -107,19 +104,12 @@ def test_stream_errors_name_the_problem(seed_model, tmp_path):
         invert_file(f, tmp_path / "nan.npy", tmp_path / "x.npy", "pinv", batch_size=8)
 
 
-def _cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def test_cli_streams_and_resumes(seed_model, tmp_path):
+def test_cli_streams_and_resumes(run_cli, seed_model, tmp_path):
     f = seed_model(n=12, m=4)
     model = tmp_path / "f.pt"
     torch.jit.save(torch.jit.script(f.eval()), str(model))
     path, y = _outputs(tmp_path, f)
-    code, out, err = _cli(
+    code, out, err = run_cli(
         ["invert", model, "--outputs", path, "--method", "pinv", "--batch-size", 5,
          "--out", tmp_path / "x.npy"]
     )  # fmt: skip
@@ -127,7 +117,7 @@ def test_cli_streams_and_resumes(seed_model, tmp_path):
     assert "23 samples, 23 converged" in out and "x.residual.npy" in out
     x = np.load(tmp_path / "x.npy")
     assert np.abs(x - nninv.invert(f, torch.from_numpy(y), "pinv").x.numpy()).max() <= 1e-9
-    code, out, _ = _cli(
+    code, out, _ = run_cli(
         ["invert", model, "--outputs", path, "--method", "pinv", "--resume",
          "--out", tmp_path / "x.npy"]
     )  # fmt: skip
@@ -142,22 +132,22 @@ def test_cli_streams_and_resumes(seed_model, tmp_path):
         (["--ray", "--resume"], "--resume applies to streamed runs"),
     ],
 )
-def test_cli_scale_option_errors(seed_model, tmp_path, extra, message):
+def test_cli_scale_option_errors(run_cli, seed_model, tmp_path, extra, message):
     f = seed_model(n=12, m=4)
     model = tmp_path / "f.pt"
     torch.jit.save(torch.jit.script(f.eval()), str(model))
     path, _ = _outputs(tmp_path, f)
     if "--ray" in extra:
         pytest.importorskip("ray", reason="the --ray checks need ray installed")
-    code, _, err = _cli(["invert", model, "--outputs", path, *extra, "--out", tmp_path / "x"])
+    code, _, err = run_cli(["invert", model, "--outputs", path, *extra, "--out", tmp_path / "x"])
     assert code == 2 and message in err
 
 
-def test_cli_target_with_batch_size_is_refused(seed_model, tmp_path):
+def test_cli_target_with_batch_size_is_refused(run_cli, seed_model, tmp_path):
     f = seed_model(n=12, m=4)
     model = tmp_path / "f.pt"
     torch.jit.save(torch.jit.script(f.eval()), str(model))
-    code, _, err = _cli(
+    code, _, err = run_cli(
         ["invert", model, "--target", "class=1", "--batch-size", 4, "--out", tmp_path / "x"]
     )
     assert code == 2 and "invert --outputs, not --target" in err
