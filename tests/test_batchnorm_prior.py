@@ -9,7 +9,6 @@ exact targets), on models loaded from ONNX and Keras files, and from the CLI.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -17,12 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EPS
 from nninv import ClassTarget, NNInvError, invert
 from nninv.model.io import load_model
 from nninv.priors import BatchNormPrior, TotalVariation
-
-os.environ["KERAS_BACKEND"] = "torch"  # before keras is first imported
+from tolerances import EPS
 
 F64 = torch.float64
 
@@ -321,10 +318,7 @@ def test_onnx_all_batchnorm_folded_raises(onnx, tmp_path):
         BatchNormPrior(load_model(path))
 
 
-def test_keras_cnn_with_batchnorm(tmp_path):
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("keras runs on another backend")
+def test_keras_cnn_with_batchnorm(keras, tmp_path):
     keras.utils.set_random_seed(0)
     L = keras.layers
     km = keras.Sequential(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import subprocess
 import sys
@@ -14,22 +12,15 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from conftest import EPS
 from nninv.cli import main
 from nninv.experiments import seed as _demo
+from tolerances import EPS
 
 METHOD_ROWS = ("originals", "pinv", "gaussian", "mixture", "decoder")
 
 
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, str, Path]:
+def quick_run(run_cli, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, str, Path]:
     out_dir = tmp_path_factory.mktemp("demo") / "figs"
     code, out, err = run_cli(["demo", "--quick", "--out", str(out_dir)])
     return code, out, err, out_dir

@@ -9,9 +9,6 @@ onnxruntime). Error paths: each bad input exits 2 with one line on stderr.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import pickle
 import re
 import shutil
@@ -26,12 +23,10 @@ import torch
 from torch import nn
 
 import nninv
-from conftest import EPS
 from nninv.cli import main
 from nninv.cli._common import fit_to_shape, load_array
 from nninv.cli.invert import _image_view
-
-os.environ["KERAS_BACKEND"] = "torch"  # before keras is first imported
+from tolerances import EPS
 
 #: Inputs found must reproduce the outputs through the original framework (float32).
 AGREE = EPS[torch.float32]["residual"]
@@ -43,13 +38,6 @@ SUMMARY = re.compile(
 )
 
 
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
 def has_optimize() -> bool:
     from nninv.methods import METHODS
 
@@ -57,14 +45,6 @@ def has_optimize() -> bool:
 
 
 # =========================================================================== files
-
-
-@pytest.fixture(scope="module")
-def keras():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("keras was imported with another backend before this module")
-    return keras
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +72,7 @@ def seed(keras, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def prior_run(seed) -> tuple[int, str, str, Path]:
+def prior_run(run_cli, seed) -> tuple[int, str, str, Path]:
     out = seed["dir"] / "run" / "x.npy"
     code, stdout, stderr = run_cli(
         ["invert", seed["model"], "--outputs", seed["dir"] / "Y.npy",
@@ -162,7 +142,7 @@ def test_invert_writes_image_grid(prior_run):
     assert img[..., :3].std() > 0.05  # not blank
 
 
-def test_invert_pinv_mixture_and_out_suffix(seed, tmp_path):
+def test_invert_pinv_mixture_and_out_suffix(run_cli, seed, tmp_path):
     code, out, err = run_cli(
         ["invert", seed["model"], "--outputs", seed["dir"] / "Y.npy", "--method", "pinv",
          "--out", tmp_path / "p"]
@@ -182,7 +162,7 @@ def test_invert_pinv_mixture_and_out_suffix(seed, tmp_path):
     assert np.abs(seed["keras"].predict(x, verbose=0) - seed["Y"]).max() <= AGREE
 
 
-def test_invert_exits_1_when_some_do_not_converge(seed, tmp_path):
+def test_invert_exits_1_when_some_do_not_converge(run_cli, seed, tmp_path):
     code, out, err = run_cli(
         ["invert", seed["model"], "--outputs", seed["dir"] / "Y.npy", "--method", "pinv",
          "--tol", "1e-30", "--out", tmp_path / "x.npy"]
@@ -194,7 +174,7 @@ def test_invert_exits_1_when_some_do_not_converge(seed, tmp_path):
     assert (tmp_path / "x.npy").is_file()  # written all the same
 
 
-def test_invert_channels_last_keras(keras, tmp_path):
+def test_invert_channels_last_keras(run_cli, keras, tmp_path):
     """A Keras model on (28, 28, 1) images: prior data (N, 1, 28, 28) and a grey grid."""
     from nninv.datasets import load_embedded
 
@@ -219,7 +199,7 @@ def test_invert_channels_last_keras(keras, tmp_path):
     assert (tmp_path / "x.png").is_file()
 
 
-def test_invert_onnx(onnx_mlp, tmp_path):
+def test_invert_onnx(run_cli, onnx_mlp, tmp_path):
     code, out, err = run_cli(
         ["invert", onnx_mlp["model"], "--outputs", onnx_mlp["dir"] / "Y.npy",
          "--out", tmp_path / "x.npy"]
@@ -237,7 +217,7 @@ def test_invert_onnx(onnx_mlp, tmp_path):
     assert 400 <= w <= 700 and 150 <= h <= 400, (w, h)
 
 
-def test_invert_class_target_with_bounds(onnx_mlp, tmp_path):
+def test_invert_class_target_with_bounds(run_cli, onnx_mlp, tmp_path):
     """The options reach the optimize method (the solver itself is tested in test_optimize)."""
     if not has_optimize():
         pytest.skip("optimize not available")
@@ -255,7 +235,7 @@ def test_invert_class_target_with_bounds(onnx_mlp, tmp_path):
     assert onnx_mlp["predict"](x).argmax(1).tolist() == reached
 
 
-def test_target_needs_a_method_for_classes(onnx_mlp, tmp_path):
+def test_target_needs_a_method_for_classes(run_cli, onnx_mlp, tmp_path):
     code, out, err = run_cli(
         ["invert", onnx_mlp["model"], "--target", "class=1", "--method", "pinv",
          "--out", tmp_path / "x.npy"]
@@ -266,7 +246,7 @@ def test_target_needs_a_method_for_classes(onnx_mlp, tmp_path):
 # =========================================================================== diagnose
 
 
-def test_diagnose_seed_model(seed):
+def test_diagnose_seed_model(run_cli, seed):
     code, out, err = run_cli(["diagnose", seed["model"], "--data", seed["dir"] / "X.npy"])
     assert code == 0, err
     rows = [line.split() for line in out.splitlines()]
@@ -276,7 +256,7 @@ def test_diagnose_seed_model(seed):
     assert "774-dimensional" in out
 
 
-def test_diagnose_onnx_with_input_shape(onnx_mlp):
+def test_diagnose_onnx_with_input_shape(run_cli, onnx_mlp):
     code, out, err = run_cli(["diagnose", onnx_mlp["model"], "--input-shape", "12"])
     assert code == 0, err
     assert "12 -> 8" in out and "preimage" in out
@@ -295,7 +275,7 @@ def torchscript_cnn(tmp_path_factory) -> Path:
     return path
 
 
-def test_diagnose_torchscript(torchscript_cnn):
+def test_diagnose_torchscript(run_cli, torchscript_cnn):
     code, out, err = run_cli(["diagnose", torchscript_cnn, "--input-shape", "1,8,8"])
     assert code == 0, err
     assert "maps 64 inputs to 3 outputs" in out
@@ -303,7 +283,7 @@ def test_diagnose_torchscript(torchscript_cnn):
     assert code == 2 and "--input-shape C,H,W or --data X.npy" in err
 
 
-def test_invert_torchscript_needs_input_shape(torchscript_cnn, tmp_path):
+def test_invert_torchscript_needs_input_shape(run_cli, torchscript_cnn, tmp_path):
     argv = ["invert", torchscript_cnn, "--outputs", torchscript_cnn.with_name("Y.npy")]
     code, out, err = run_cli([*argv, "--out", tmp_path / "x.npy"])
     assert code == 2 and out == ""
@@ -373,7 +353,7 @@ def _fill(argv: list[str], seed: dict, bad: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
-def test_invert_errors_are_one_line(seed, bad, tmp_path, case):
+def test_invert_errors_are_one_line(run_cli, seed, bad, tmp_path, case):
     argv, match = ERRORS[case]
     code, out, err = run_cli(["invert", *_fill(argv, seed, bad), "--out", tmp_path / "x.npy"])
     assert code == 2, out + err
@@ -394,7 +374,7 @@ def test_invert_errors_are_one_line(seed, bad, tmp_path, case):
         (["{model}", "--input-shape", "a,b"], "--input-shape"),
     ],
 )
-def test_diagnose_errors_are_one_line(seed, bad, argv, match):
+def test_diagnose_errors_are_one_line(run_cli, seed, bad, argv, match):
     code, out, err = run_cli(["diagnose", *_fill(argv, seed, bad)])
     assert code == 2 and out == ""
     assert err.startswith("nninv diagnose: error: ") and err.count("\n") == 1, err

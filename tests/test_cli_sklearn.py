@@ -26,8 +26,8 @@ from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.neural_network import MLPClassifier
 
 import nninv
-from conftest import EPS
 from nninv.cli import main
+from tolerances import EPS
 
 sio = pytest.importorskip("skops.io")
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -35,13 +35,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 CLOSE = EPS[torch.float64]["close"]
 SUMMARY = re.compile(r"^method (\w+): (\d+) samples, (\d+) converged, .* \(tol (\S+)\)$", re.M)
 ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\w+)\s+(\S+)\s+(\S+)\s+\S+$", re.M)
-
-
-def run_cli(argv: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -77,7 +70,7 @@ CASES = ["digits", "tabular"]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_invert_analytic_reproduces_predict_proba(case, request, tmp_path):
+def test_invert_analytic_reproduces_predict_proba(run_cli, case, request, tmp_path):
     m = request.getfixturevalue(case)
     code, out, err = run_cli(
         ["invert", m["model"], "--outputs", m["dir"] / "y.npy",
@@ -100,7 +93,7 @@ def test_invert_analytic_reproduces_predict_proba(case, request, tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_invert_class_target(case, request, tmp_path):
+def test_invert_class_target(run_cli, case, request, tmp_path):
     m = request.getfixturevalue(case)
     labels = [3, 7] if case == "digits" else [0, 1]
     code, out, err = run_cli(
@@ -116,7 +109,7 @@ def test_invert_class_target(case, request, tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_preimage_members_reproduce_the_output(case, request, tmp_path):
+def test_preimage_members_reproduce_the_output(run_cli, case, request, tmp_path):
     m = request.getfixturevalue(case)
     code, out, err = run_cli(
         ["preimage", m["model"], "--input", m["dir"] / "x.npy", "--prior-data",
@@ -142,7 +135,7 @@ def test_preimage_members_reproduce_the_output(case, request, tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_closest_answers_are_in_class(case, request, tmp_path):
+def test_closest_answers_are_in_class(run_cli, case, request, tmp_path):
     m = request.getfixturevalue(case)
     code, out, err = run_cli(
         ["closest", m["model"], "--input", m["dir"] / "x.npy", "--count", "2",
@@ -165,7 +158,7 @@ def test_closest_answers_are_in_class(case, request, tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_diagnose(case, request):
+def test_diagnose(run_cli, case, request):
     m = request.getfixturevalue(case)
     code, out, err = run_cli(["diagnose", m["model"], "--data", m["dir"] / "train.npy"])
     assert code == 0, out + err
@@ -173,7 +166,7 @@ def test_diagnose(case, request):
     assert f"The model maps {d} inputs to 2 outputs" in out or f"maps {d} inputs" in out
 
 
-def test_nan_input_is_named_before_any_table(digits, tmp_path):
+def test_nan_input_is_named_before_any_table(run_cli, digits, tmp_path):
     x = np.load(digits["dir"] / "x.npy")
     x[1, 5] = np.nan
     bad = tmp_path / "xnan.npy"
@@ -188,7 +181,7 @@ def test_nan_input_is_named_before_any_table(digits, tmp_path):
         ), err
 
 
-def test_float32_torchscript_uses_the_documented_tol(tmp_path):
+def test_float32_torchscript_uses_the_documented_tol(run_cli, tmp_path):
     gen = torch.Generator().manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
     with torch.no_grad():

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import EPS
 from nninv import ClassTarget, NNInvError, invert
 from nninv.methods import Problem
 from nninv.methods._coarse import _Upsample, _Upsampled, coarse_problem, coarse_shape, downsample
 from nninv.priors import BatchNormPrior, GaussianPrior, TotalVariation
+from tolerances import EPS
 
 F64 = torch.float64
 
@@ -146,6 +146,7 @@ def test_exact_outputs_float64_with_coarse_stage():
     assert info["shape"] == (1, 6, 6) and 0 <= info["converged"] <= 4 and info["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_class_targets_float32_with_coarse_stage():
     net = bn_cnn(4, torch.float32)
     prior = BatchNormPrior(net, first_multiplier=10.0, input_shape=(1, 12, 12))

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import nninv
-from conftest import EPS
 from nninv import NNInvError
 from nninv.cli import main
 from nninv.learned import Decoder
+from tolerances import EPS
 
 F64 = torch.float64
 
@@ -30,10 +30,9 @@ def _data(n: int = 600, d: int = 24, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def seed_model() -> nn.Module:
-    torch.manual_seed(1)
-    f = nn.Sequential(nn.Linear(24, 4), nn.Sigmoid()).double().eval()
-    return f.requires_grad_(False)
+def seed_model(seed_model) -> nn.Module:
+    """Here one seed model, 24 -> 4, made by conftest's builder of the same name."""
+    return seed_model(n=24, m=4, seed=1).eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,6 @@ from nninv import NNInvError
 from nninv.distributed import invert_dataset
 
 
-def _seed_model() -> nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(12, 4), nn.Sigmoid()).double()
-
-
 def _outputs(model: nn.Module, n: int) -> np.ndarray:
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -44,10 +38,10 @@ def _read(run) -> dict[str, np.ndarray]:
     return cols
 
 
-def test_without_ray_says_how_to_install(monkeypatch, tmp_path):
+def test_without_ray_says_how_to_install(seed_model, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(NNInvError, match=r"pip install 'nninv\[ray\]'"):
-        invert_dataset(_seed_model(), tmp_path / "y.npy", out=tmp_path / "out")
+        invert_dataset(seed_model(n=12, m=4), tmp_path / "y.npy", out=tmp_path / "out")
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +56,9 @@ def cluster():
 
 
 @pytest.mark.ray
-def test_two_workers_equal_one_call(cluster, tmp_path):
-    f = _seed_model()
+@pytest.mark.slow
+def test_two_workers_equal_one_call(seed_model, cluster, tmp_path):
+    f = seed_model(n=12, m=4)
     y = _outputs(f, 200)
     np.save(tmp_path / "a.npy", y[:120])
     np.save(tmp_path / "b.npy", y[120:])
@@ -80,11 +75,12 @@ def test_two_workers_equal_one_call(cluster, tmp_path):
 
 
 @pytest.mark.ray
-def test_parquet_input_keeps_its_columns(cluster, tmp_path):
+@pytest.mark.slow
+def test_parquet_input_keeps_its_columns(seed_model, cluster, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    f = _seed_model()
+    f = seed_model(n=12, m=4)
     y = _outputs(f, 30)
     ids = np.arange(100, 130)
     col = pa.FixedSizeListArray.from_arrays(pa.array(y.reshape(-1)), 4)
@@ -107,8 +103,9 @@ def _die_once(module, inputs, output, *, marker: str, driver: int):
 
 
 @pytest.mark.ray
-def test_killed_worker_loses_no_row(cluster, tmp_path):
-    f = _seed_model()
+@pytest.mark.slow
+def test_killed_worker_loses_no_row(seed_model, cluster, tmp_path):
+    f = seed_model(n=12, m=4)
     marker = tmp_path / "killed"
     f[1].register_forward_hook(functools.partial(_die_once, marker=str(marker), driver=os.getpid()))
     y = _outputs(f, 120)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EPS
+from tolerances import EPS
 
 pytest.importorskip("fastapi", reason="the explorer extra (fastapi) is not installed")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")

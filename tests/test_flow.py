@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import nninv
-from conftest import EPS
 from nninv import NNInvError
 from nninv.learned import ConditionalFlow, Decoder
+from tolerances import EPS
 
 pytest.importorskip("zuko")
 
@@ -25,9 +25,8 @@ def _data(n: int = 500, d: int = 16, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def model() -> nn.Module:
-    torch.manual_seed(5)
-    return nn.Sequential(nn.Linear(16, 3), nn.Sigmoid()).double().eval().requires_grad_(False)
+def model(seed_model) -> nn.Module:
+    return seed_model(n=16, m=3, seed=5).eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

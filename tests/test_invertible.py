@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import nninv
-from conftest import EPS
 from nninv import NNInvError, NNInvWarning
 from nninv.invertible import (
     ActNorm,
@@ -20,6 +19,7 @@ from nninv.invertible import (
     IResBlock,
     Squeeze,
 )
+from tolerances import EPS
 
 #: Round-trip tolerance per dtype (the issue's targets).
 ROUND_TRIP = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -195,6 +195,7 @@ def test_iresnet_past_lipschitz_one_reports_instead_of_returning_garbage(solver)
     assert int((~report.converged).sum()) > 0
     # whatever is reported converged really is an inverse; the rest is flagged
     ok = report.converged
+    assert solver != "newton" or bool(ok.any())  # so the check below runs on one of the two
     if bool(ok.any()):
         yx, _ = b(x[ok])
         assert float((yx - y[ok]).abs().max()) <= EPS[torch.float64]["close"]

@@ -9,7 +9,6 @@ chains, truncated and random files, and pickles, which must be refused.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import warnings
 import zipfile
@@ -24,8 +23,6 @@ from torch import nn
 from nninv import NNInvError
 from nninv.model.io import load_model
 from nninv.model.layers import Permute, Reshape
-
-os.environ["KERAS_BACKEND"] = "torch"  # before keras is first imported
 
 #: Largest |loaded(x) - original(x)|; the original runs in float32 in both cases.
 AGREE = {torch.float32: 1e-5, torch.float64: 1e-5}
@@ -74,14 +71,6 @@ def inputs(shape: tuple[int, ...], n: int = 7, seed: int = 1) -> np.ndarray:
 
 
 # =========================================================================== Keras
-
-
-@pytest.fixture(scope="module")
-def keras():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("keras was imported with another backend before this module")
-    return keras
 
 
 def _seed(keras):

@@ -12,7 +12,6 @@ tolerance (checked again with the framework that wrote the file),
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +26,6 @@ from nninv.model.chain import Affine, Elementwise, analyse
 from nninv.model.io import load_model
 from nninv.priors import GaussianPrior
 
-os.environ["KERAS_BACKEND"] = "torch"  # before keras is first imported
-
 #: Largest residual max |f(x) - y| a closed-form method may leave, per dtype.
 RESIDUAL = {torch.float64: 1e-5, torch.float32: 1e-4}
 
@@ -37,14 +34,6 @@ RESIDUAL = {torch.float64: 1e-5, torch.float32: 1e-4}
 AGREE = 1e-4
 
 Predict = Callable[[np.ndarray], np.ndarray]
-
-
-@pytest.fixture(scope="module")
-def keras():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("keras was imported with another backend before this module")
-    return keras
 
 
 @pytest.fixture(scope="module")

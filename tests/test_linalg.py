@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from conftest import EPS
 from nninv.linalg import factor, gauss_newton_onto, gauss_newton_solve
+from tolerances import EPS
 
 TOL = EPS[torch.float64]["close"]
 

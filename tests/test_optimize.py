@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import EPS
 from nninv import ClassTarget, NNInvError, NNInvWarning, invert
 from nninv.model.outputs import class_shortfall
 from nninv.priors import L2, GaussianMixturePrior, GaussianPrior, TotalVariation
+from tolerances import EPS
 
 F64 = torch.float64
 #: Tolerances of this file, per dtype: the residual ``invert`` must reach, and how

@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from conftest import EPS
 from nninv import NNInvError
 from nninv.priors import GaussianMixturePrior, GaussianPrior
+from tolerances import EPS
 
 TOL = EPS[torch.float64]["close"]
 

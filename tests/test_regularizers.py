@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from conftest import EPS
 from nninv import NNInvError
 from nninv.priors import L2, CombinedPrior, GaussianPrior, Prior, TotalVariation
+from tolerances import EPS
 
 F64 = torch.float64
 

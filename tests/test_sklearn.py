@@ -12,10 +12,10 @@ from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 
 import nninv
-from conftest import EPS
 from nninv import ClassTarget, NNInvError
 from nninv.model.io import as_module
 from nninv.model.io.sklearn import from_sklearn
+from tolerances import EPS
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 

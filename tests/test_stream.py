@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import nninv
 import nninv.distributed.stream as stream
-from conftest import EPS
 from nninv import NNInvError
-from nninv.cli import main
 from nninv.distributed import invert_file
-
-
-def _seed_model(dtype: torch.dtype = torch.float64) -> nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(12, 4), nn.Sigmoid()).to(dtype)
+from tolerances import EPS
 
 
 def _outputs(tmp_path, model, n=23, dtype=torch.float64):
@@ -35,8 +25,8 @@ def _outputs(tmp_path, model, n=23, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_stream_matches_one_call(tmp_path, dtype):
-    f = _seed_model(dtype)
+def test_stream_matches_one_call(seed_model, tmp_path, dtype):
+    f = seed_model(dtype, 12, 4)
     path, y = _outputs(tmp_path, f, dtype=dtype)
     res = invert_file(f, path, tmp_path / "x.npy", "pinv", batch_size=5, progress=False)
     whole = nninv.invert(f, torch.from_numpy(y), "pinv")
@@ -48,8 +38,8 @@ def test_stream_matches_one_call(tmp_path, dtype):
     assert res.resumed_from == 0 and res.method == "pinv"
 
 
-def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
-    f = _seed_model()
+def test_resume_after_interrupt_equals_uninterrupted(seed_model, tmp_path, monkeypatch):
+    f = seed_model(n=12, m=4)
     path, _ = _outputs(tmp_path, f)
     full = invert_file(f, path, tmp_path / "full.npy", "pinv", batch_size=4, progress=False)
     real, calls = stream.invert_batch, []
@@ -78,8 +68,8 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
     assert np.array_equal(np.load(res.converged_path), np.load(full.converged_path))
 
 
-def test_resume_refuses_a_different_run(tmp_path):
-    f = _seed_model()
+def test_resume_refuses_a_different_run(seed_model, tmp_path):
+    f = seed_model(n=12, m=4)
     path, y = _outputs(tmp_path, f)
     invert_file(f, path, tmp_path / "x.npy", "pinv", batch_size=8, progress=False)
     np.save(tmp_path / "y2.npy", y[:10])
@@ -89,8 +79,8 @@ def test_resume_refuses_a_different_run(tmp_path):
     assert meta["n"] == 23 and meta["method_used"] == "pinv"
 
 
-def test_resume_of_a_finished_run_does_nothing(tmp_path, monkeypatch):
-    f = _seed_model()
+def test_resume_of_a_finished_run_does_nothing(seed_model, tmp_path, monkeypatch):
+    f = seed_model(n=12, m=4)
     path, _ = _outputs(tmp_path, f)
     first = invert_file(f, path, tmp_path / "x.npy", "pinv", batch_size=8, progress=False)
     monkeypatch.setattr(stream, "invert_batch", None)  # calling it would fail
@@ -98,8 +88,8 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path, monkeypatch):
     assert again.resumed_from == 23 and again.n_converged == first.n_converged == 23
 
 
-def test_stream_errors_name_the_problem(tmp_path):
-    f = _seed_model()
+def test_stream_errors_name_the_problem(seed_model, tmp_path):
+    f = seed_model(n=12, m=4)
     path, y = _outputs(tmp_path, f)
     with pytest.raises(NNInvError, match="batch_size must be a positive integer"):
         invert_file(f, path, tmp_path / "x.npy", batch_size=0)
@@ -114,19 +104,12 @@ def test_stream_errors_name_the_problem(tmp_path):
         invert_file(f, tmp_path / "nan.npy", tmp_path / "x.npy", "pinv", batch_size=8)
 
 
-def _cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def test_cli_streams_and_resumes(tmp_path):
-    f = _seed_model()
+def test_cli_streams_and_resumes(run_cli, seed_model, tmp_path):
+    f = seed_model(n=12, m=4)
     model = tmp_path / "f.pt"
     torch.jit.save(torch.jit.script(f.eval()), str(model))
     path, y = _outputs(tmp_path, f)
-    code, out, err = _cli(
+    code, out, err = run_cli(
         ["invert", model, "--outputs", path, "--method", "pinv", "--batch-size", 5,
          "--out", tmp_path / "x.npy"]
     )  # fmt: skip
@@ -134,7 +117,7 @@ def test_cli_streams_and_resumes(tmp_path):
     assert "23 samples, 23 converged" in out and "x.residual.npy" in out
     x = np.load(tmp_path / "x.npy")
     assert np.abs(x - nninv.invert(f, torch.from_numpy(y), "pinv").x.numpy()).max() <= 1e-9
-    code, out, _ = _cli(
+    code, out, _ = run_cli(
         ["invert", model, "--outputs", path, "--method", "pinv", "--resume",
          "--out", tmp_path / "x.npy"]
     )  # fmt: skip
@@ -149,22 +132,22 @@ def test_cli_streams_and_resumes(tmp_path):
         (["--ray", "--resume"], "--resume applies to streamed runs"),
     ],
 )
-def test_cli_scale_option_errors(tmp_path, extra, message):
-    f = _seed_model()
+def test_cli_scale_option_errors(run_cli, seed_model, tmp_path, extra, message):
+    f = seed_model(n=12, m=4)
     model = tmp_path / "f.pt"
     torch.jit.save(torch.jit.script(f.eval()), str(model))
     path, _ = _outputs(tmp_path, f)
     if "--ray" in extra:
         pytest.importorskip("ray", reason="the --ray checks need ray installed")
-    code, _, err = _cli(["invert", model, "--outputs", path, *extra, "--out", tmp_path / "x"])
+    code, _, err = run_cli(["invert", model, "--outputs", path, *extra, "--out", tmp_path / "x"])
     assert code == 2 and message in err
 
 
-def test_cli_target_with_batch_size_is_refused(tmp_path):
-    f = _seed_model()
+def test_cli_target_with_batch_size_is_refused(run_cli, seed_model, tmp_path):
+    f = seed_model(n=12, m=4)
     model = tmp_path / "f.pt"
     torch.jit.save(torch.jit.script(f.eval()), str(model))
-    code, _, err = _cli(
+    code, _, err = run_cli(
         ["invert", model, "--target", "class=1", "--batch-size", 4, "--out", tmp_path / "x"]
     )
     assert code == 2 and "invert --outputs, not --target" in err
