@@ -6,19 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import EPS
 from nninv import ClassTarget, NNInvError
 from nninv.methods.projection import Projection, project
 from nninv.model.chain import analyse
 from nninv.priors import GaussianPrior
+from tolerances import EPS
 
 TOL = EPS[torch.float64]
-
-
-def _seed_model(n: int = 8, m: int = 3, seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(n, m), nn.Sigmoid()).double()
 
 
 class _TanhCube(nn.Module):
@@ -40,10 +34,10 @@ def test_against_a_closed_form_through_nonlinear_maps():
     assert float(p.start_residual[0]) == pytest.approx(0.4)
 
 
-def test_one_step_is_the_closest_point_of_the_affine_set_in_the_metric(gen):
+def test_one_step_is_the_closest_point_of_the_affine_set_in_the_metric(seed_model, gen):
     """``sigmoid(W x + b) = y`` is ``W x = logit(y) - b``: the projection of ``x0`` in the
     metric ``S`` is ``x0 - S W^T (W S W^T)^-1 (W x0 + b - logit(y))``."""
-    f = _seed_model()
+    f = seed_model(n=8, m=3)
     W, b = f[0].weight.detach(), f[0].bias.detach()
     y = f(torch.rand(4, 8, generator=gen, dtype=torch.float64)).detach()
     x0 = torch.rand(4, 8, generator=gen, dtype=torch.float64)
@@ -58,8 +52,8 @@ def test_one_step_is_the_closest_point_of_the_affine_set_in_the_metric(gen):
         assert bool(p.converged.all())
 
 
-def test_bounds_hold_and_a_chain_saves_the_analysis(gen):
-    f = _seed_model()
+def test_bounds_hold_and_a_chain_saves_the_analysis(seed_model, gen):
+    f = seed_model(n=8, m=3)
     y = f(torch.rand(5, 8, generator=gen, dtype=torch.float64)).detach()
     x0 = 0.2 + 0.6 * torch.rand(5, 8, generator=gen, dtype=torch.float64)
     x0[0, 0] = 1.5  # outside: clipped first
@@ -82,8 +76,8 @@ def test_class_target_lands_in_the_class(gen):
     assert torch.equal(f(p.x).argmax(1), want)
 
 
-def test_an_unreachable_target_is_reported_with_its_reason(gen):
-    f = _seed_model()
+def test_an_unreachable_target_is_reported_with_its_reason(seed_model, gen):
+    f = seed_model(n=8, m=3)
     y = f(torch.rand(2, 8, generator=gen, dtype=torch.float64)).detach()
     y[1] = torch.tensor([0.999999, 1e-6, 0.999999], dtype=torch.float64)  # far outside [0, 1]^8
     x0 = torch.full((2, 8), 0.5, dtype=torch.float64)
@@ -94,8 +88,8 @@ def test_an_unreachable_target_is_reported_with_its_reason(gen):
     assert float(p.residual[1]) > TOL["residual"]
 
 
-def test_shapes_are_checked(gen):
-    f = _seed_model()
+def test_shapes_are_checked(seed_model, gen):
+    f = seed_model(n=8, m=3)
     y = f(torch.rand(2, 8, generator=gen, dtype=torch.float64)).detach()
     with pytest.raises(NNInvError, match="starting inputs have shape"):
         project(analyse(f, (8,)), y, torch.zeros(2, 7, dtype=torch.float64), tol=1e-8)
