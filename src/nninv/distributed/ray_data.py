@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..checks import positive_int
 from ..errors import NNInvError
 from ..model.chain import analyse, eval_mode
 from ..model.io import load_model
@@ -230,8 +231,7 @@ def invert_dataset(
         no file or mix file kinds, or a bad ``batch_size``/``num_workers``.
     """
     ray = require_ray()
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise NNInvError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = positive_int(batch_size, "batch_size")
     if not isinstance(num_workers, int) or num_workers < 1:
         raise NNInvError(f"num_workers must be a positive integer, got {num_workers!r}")
     local = model if isinstance(model, nn.Module) else load_model(model)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import as_batch, model_dtype_device, positive_int
 from ..errors import NNInvError
 from ..model.io import as_module
 from ..priors import GaussianPrior
@@ -164,14 +165,7 @@ class Decoder:
         ``net`` moves to ``y``'s device first (as :meth:`to` would), so a decoder
         loaded on the CPU serves CUDA outputs with no code change.
         """
-        y = _as_tensor(y, "y")
-        if tuple(y.shape) == self.output_shape:
-            y = y.unsqueeze(0)
-        if tuple(y.shape[1:]) != self.output_shape:
-            raise NNInvError(
-                f"the decoder takes outputs shaped (N, {', '.join(map(str, self.output_shape))}), "
-                f"got {tuple(y.shape)}"
-            )
+        y = as_batch(_as_tensor(y, "y"), self.output_shape, "y", "the decoder's outputs")
         dtype = y.dtype if y.dtype.is_floating_point else torch.float32
         p = next(self.net.parameters())
         with torch.no_grad():
@@ -263,8 +257,7 @@ class Decoder:
         if not bool(torch.isfinite(X).all()):
             raise NNInvError("X contains NaN or inf")
         for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise NNInvError(f"{name} must be a positive integer, got {v!r}")
+            positive_int(v, name)
         if not 0 < holdout <= 0.5:
             raise NNInvError(f"holdout must lie in (0, 0.5], got {holdout}")
         if not (isinstance(lr, float | int) and lr > 0 and math.isfinite(lr)):
@@ -438,9 +431,7 @@ def _outputs(model: nn.Module, X: Tensor, batch: int = 4096) -> Tensor:
     """``model(X)`` in eval mode, float32, batched; errors name the shapes."""
     was = model.training
     model.eval()
-    p = next(iter(model.parameters()), None)
-    dtype = p.dtype if p is not None else torch.float32
-    device = p.device if p is not None else torch.device("cpu")
+    dtype, device = model_dtype_device(model)
     out = []
     try:
         with torch.no_grad():

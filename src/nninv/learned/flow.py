@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import as_batch, positive_int
 from ..errors import NNInvError
 from .decoder import Decoder, _as_tensor, _outputs, read_safetensors, train_device
 
@@ -169,8 +170,7 @@ class ConditionalFlow:
                 f"X must be finite and shaped (N, *input_shape) with N >= 10, got {tuple(X.shape)}"
             )
         for name, v in (("epochs", epochs), ("batch_size", batch_size), ("transforms", transforms)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise NNInvError(f"{name} must be a positive integer, got {v!r}")
+            positive_int(v, name)
         if space not in ("auto", "logit", "linear"):
             raise NNInvError(f"space must be 'auto', 'logit' or 'linear', got {space!r}")
         if decoder is None:
@@ -219,16 +219,8 @@ class ConditionalFlow:
         are drawn on ``y``'s device (the flow moves there first, as :meth:`to`
         would); a seed gives the same draws on the same device.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise NNInvError(f"n must be a positive integer, got {n!r}")
-        y = _as_tensor(y, "y")
-        if tuple(y.shape) == self.output_shape:
-            y = y.unsqueeze(0)
-        if tuple(y.shape[1:]) != self.output_shape:
-            raise NNInvError(
-                f"the flow takes outputs shaped (N, {', '.join(map(str, self.output_shape))}), "
-                f"got {tuple(y.shape)}"
-            )
+        n = positive_int(n, "n")
+        y = as_batch(_as_tensor(y, "y"), self.output_shape, "y", "the flow's outputs")
         dtype = y.dtype if y.dtype.is_floating_point else torch.float32
         self.to(y.device)
         y32 = y.detach().to(torch.float32)

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import model_dtype_device
 from ..model.chain import Chain, Elementwise, Shift
 from ..model.outputs import output_kind
 from ..priors import CombinedPrior, GaussianMixturePrior, GaussianPrior
@@ -73,10 +74,7 @@ class _ModelFunctions:
 
     def __init__(self, problem: Problem, dtype: torch.dtype) -> None:
         model = problem.model
-        p = next(iter(model.parameters()), None)
-        if p is None:
-            p = next(iter(model.buffers()), None)
-        if p is not None and (p.dtype != dtype or p.device != problem.device):
+        if model_dtype_device(model, dtype) != (dtype, problem.device):
             model = copy.deepcopy(model).to(dtype=dtype, device=problem.device)
             model.requires_grad_(False)
         self.model = model
