@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
         from ..learned import Decoder
 
         decoder = Decoder.load(args.decoder)
-        decoder.check_model(in_shape, out_shape)
+        decoder.check_model(in_shape, out_shape, model)
         method = "decoder"
     else:
         auto = "optimize" if args.prior == "batchnorm" and args.method == "auto" else args.method

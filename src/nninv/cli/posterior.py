@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     flow = ConditionalFlow.load(args.flow)
     chain = analyse_model(model, shape or flow.input_shape, None, "--input-shape")
-    flow.decoder.check_model(chain.input_shape, chain.output_shape)
+    flow.decoder.check_model(chain.input_shape, chain.output_shape, model)
     y = load_array(args.outputs, "outputs")
     m = math.prod(chain.output_shape)
     if y.ndim < 2 or math.prod(y.shape[1:]) != m:

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     decoder = None
     if args.decoder is not None:
         decoder = Decoder.load(args.decoder)
-        decoder.check_model(chain.input_shape, chain.output_shape)
+        decoder.check_model(chain.input_shape, chain.output_shape, model)
     t = time.perf_counter()
     flow = ConditionalFlow.fit(
         model,

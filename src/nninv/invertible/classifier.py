@@ -27,14 +27,16 @@ from torch import Tensor, nn
 
 from ..checks import model_dtype_device
 from ..errors import NNInvError
-from ..learned.decoder import read_safetensors
-from ..model.io import register_safetensors_format
+from ..serialization import read, write
 from ._base import InverseReport, InvertibleSequential
 from .coupling import AffineCoupling
 from .iresnet import IResBlock
 from .linear import ActNorm, InvConv1x1
 
-_FORMAT = "nninv.BijectiveClassifier/1"
+#: What ``save`` writes in the file's metadata, and what ``load`` accepts (files of the
+#: first release say ``"nninv.BijectiveClassifier/1"``: the same format and version).
+FORMAT = "nninv.BijectiveClassifier"
+VERSION = 1
 
 
 class BijectiveClassifier(nn.Module):
@@ -361,26 +363,13 @@ class BijectiveClassifier(nn.Module):
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the weights, the fitted z-Gaussians and the JSON config."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(
-            tensors, str(path), metadata={"format": _FORMAT, "config": json.dumps(self.config)}
-        )
-        return path
+        meta = {"config": json.dumps(self.config)}
+        return write(path, self.state_dict(), FORMAT, VERSION, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> BijectiveClassifier:
         """Read a model written by :meth:`save` (nothing is unpickled)."""
-        path = Path(path)
-        meta, tensors = read_safetensors(path, "BijectiveClassifier")
-        if meta.get("format") != _FORMAT:
-            raise NNInvError(
-                f"'{path}' is a safetensors file but not an nninv BijectiveClassifier (format "
-                f"{meta.get('format')!r})"
-            )
+        meta, tensors = read(path, FORMAT, (VERSION,), "BijectiveClassifier")
         model = cls(**json.loads(meta["config"]))
         model.z_mean = tensors.get("z_mean", model.z_mean)
         model.z_chol = tensors.get("z_chol", model.z_chol)
@@ -391,6 +380,3 @@ class BijectiveClassifier(nn.Module):
         except RuntimeError as e:
             raise NNInvError(f"'{path}': weights do not match the config: {e}") from None
         return model.eval()
-
-
-register_safetensors_format(_FORMAT.split("/")[0], BijectiveClassifier.load)

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from ..checks import as_batch, positive_int
 from ..errors import NNInvError
-from .decoder import Decoder, _as_tensor, _outputs, read_safetensors, train_device
+from ..serialization import read, write
+from .decoder import Decoder, _as_tensor, _outputs, train_device
 
 FORMAT = "nninv.ConditionalFlow"
 GRAD_CLIP = 1.0  # max gradient norm per step
@@ -176,7 +177,7 @@ class ConditionalFlow:
         if decoder is None:
             decoder = Decoder.fit(model, X, seed=seed, progress=progress)
         Y = _outputs(model, X)
-        decoder.check_model(tuple(X.shape[1:]), tuple(Y.shape[1:]))
+        decoder.check_model(tuple(X.shape[1:]), tuple(Y.shape[1:]), model)
         decoder.to(device)
         X, Y = X.to(device), Y.to(device)
         box = decoder.config.get("box")
@@ -241,54 +242,24 @@ class ConditionalFlow:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """One safetensors file: the decoder, the flow, the scale and both configs."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {
-            f"decoder.net.{k}": v.detach().cpu().contiguous()
-            for k, v in self.decoder.net.state_dict().items()
-        }
-        tensors["decoder.error.mean"] = self.decoder.error.mean.contiguous()
-        tensors["decoder.error.covariance"] = self.decoder.error.covariance.contiguous()
-        tensors.update(
-            {f"flow.{k}": v.detach().cpu().contiguous() for k, v in self.flow.state_dict().items()}
-        )
-        tensors["scale"] = self.scale.cpu().contiguous()
-        meta = {
-            "format": FORMAT,
-            "version": str(VERSION),
-            "config": json.dumps(self.config),
-            "decoder_config": json.dumps(self.decoder.config),
-        }
-        save_file(tensors, str(path), metadata=meta)
-        return path
+        tensors = self.decoder.tensors("decoder.")
+        tensors.update({f"flow.{k}": v for k, v in self.flow.state_dict().items()})
+        tensors["scale"] = self.scale
+        meta = {"config": json.dumps(self.config)}
+        meta["decoder_config"] = json.dumps(self.decoder.config)
+        return write(path, tensors, FORMAT, VERSION, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ConditionalFlow:
-        """Read a flow written by :meth:`save` (safetensors; nothing is unpickled)."""
-        from ..priors import GaussianPrior
-        from .decoder import _Net
+        """Read a flow written by :meth:`save` (safetensors; nothing is unpickled).
 
-        path = Path(path)
-        meta, tensors = read_safetensors(path, "flow")
-        if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
-            raise NNInvError(
-                f"'{path}' is not an nninv conditional flow of version {VERSION} (format "
-                f"{meta.get('format')!r}, version {meta.get('version')!r})"
-            )
+        A file written before decoders recorded their model loads too; its
+        decoder is then checked against a model by shape only.
+        """
+        meta, tensors = read(path, FORMAT, (VERSION,), "conditional flow")
         try:
             config = json.loads(meta["config"])
-            dconfig = json.loads(meta["decoder_config"])
-            net = _Net(dconfig)
-            net.load_state_dict(
-                {k[12:]: v for k, v in tensors.items() if k.startswith("decoder.net.")},
-                strict=True,
-            )
-            error = GaussianPrior(
-                tensors["decoder.error.mean"],
-                tensors["decoder.error.covariance"],
-                event_shape=tuple(dconfig["input_shape"]),
-            )
+            decoder = Decoder.from_tensors(json.loads(meta["decoder_config"]), tensors, "decoder.")
             flow = _build(config)
             flow.load_state_dict(
                 {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}, strict=True
@@ -298,7 +269,7 @@ class ConditionalFlow:
             raise NNInvError(
                 f"flow file '{path}' is inconsistent ({type(e).__name__}: {e}): the file is corrupt"
             ) from None
-        return cls(Decoder(net, dconfig, error), flow, scale, config)
+        return cls(decoder, flow, scale, config)
 
 
 def _to_logit(x: Tensor, box: Sequence[float], u: Tensor | None = None) -> Tensor:

@@ -86,7 +86,7 @@ def invert_decoder(problem: Problem) -> Solution:
         raise NNInvError(
             "method='decoder' inverts exact outputs; for a ClassTarget use method='optimize'"
         )
-    dec.check_model(problem.input_shape, problem.output_shape)
+    dec.check_model(problem.input_shape, problem.output_shape, problem.model)
     max_iter = positive_int(opts["max_iter"], "option max_iter")
     dtype, device = problem.dtype, problem.device
     lo, hi = _bounds(opts["bounds"], problem.input_shape, dtype, device)
