@@ -197,10 +197,10 @@ def model_dtype_device(
     >>> model_dtype_device(nn.ReLU(), torch.float64)
     (torch.float64, device(type='cpu'))
     """
-    for t in model.parameters():
-        if t.is_floating_point():
-            return t.dtype, t.device
-    for t in model.buffers():
-        if t.is_floating_point():
-            return t.dtype, t.device
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype, p.device
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.dtype, b.device
     return (default if default is not None else torch.get_default_dtype()), torch.device("cpu")

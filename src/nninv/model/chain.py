@@ -114,10 +114,6 @@ class Affine:
     def m(self) -> int:
         return math.prod(self.out_shape)
 
-    @property
-    def is_reshape(self) -> bool:
-        return all(layer.kind == "reshape" for layer in self.layers)
-
     def label(self) -> str:
         names = ", ".join(layer.label() for layer in self.layers)
         return f"affine block [{names}]"
