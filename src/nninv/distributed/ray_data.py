@@ -232,8 +232,7 @@ def invert_dataset(
     """
     ray = require_ray()
     batch_size = positive_int(batch_size, "batch_size")
-    if not isinstance(num_workers, int) or num_workers < 1:
-        raise NNInvError(f"num_workers must be a positive integer, got {num_workers!r}")
+    num_workers = positive_int(num_workers, "num_workers")
     local = model if isinstance(model, nn.Module) else load_model(model)
     with eval_mode(local):
         chain = analyse(local, input_shape)

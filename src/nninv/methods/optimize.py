@@ -375,8 +375,7 @@ def _whiten_rank(v: Any, n: int) -> int:
     """The rank the augmented Lagrangian keeps of each covariance (0: all of it)."""
     if v is None:
         return AUTO_WHITEN_RANK if n >= 4 * AUTO_WHITEN_RANK else 0
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise NNInvError(f"option whiten_rank must be a non-negative integer or None, got {v!r}")
+    v = positive_int(v, "option whiten_rank", minimum=0, allow_none=True)
     return v if v < n else 0
 
 
