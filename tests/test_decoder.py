@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -184,6 +185,53 @@ def test_decoder_for_another_model_names_the_shapes(dec, X):
     y = other(X[:2]).detach()
     with pytest.raises(NNInvError, match=r"outputs \(4,\).*outputs \(5,\)"):
         nninv.invert(other, y, method="decoder", decoder=dec)
+
+
+def test_decoder_for_another_model_of_the_same_shapes_is_refused(dec, seed_model, X, tmp_path):
+    """Issue 27 item 9: the decoder records the model it was trained for and refuses another."""
+    torch.manual_seed(7)
+    other = nn.Sequential(nn.Linear(24, 4), nn.Sigmoid()).double().eval()
+    y = other(X[:2]).detach()
+    with pytest.raises(NNInvError, match="trained for another model of the same shapes"):
+        nninv.invert(other, y, method="decoder", decoder=dec)
+    back = Decoder.load(dec.save(tmp_path / "dec.safetensors"))
+    assert torch.equal(back.model_outputs, dec.model_outputs)
+    with pytest.raises(NNInvError, match="trained for another model of the same shapes"):
+        back.check_model((24,), (4,), other)
+    # its own model passes, in float32 and through TorchScript as well
+    back.check_model((24,), (4,), seed_model)
+    back.check_model((24,), (4,), torch.jit.script(copy.deepcopy(seed_model).float()))
+
+
+def test_file_without_model_record_still_loads(dec, seed_model, X, tmp_path):
+    """Files written before the record: they load, and are checked by shape only."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = dec.save(tmp_path / "dec.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    del tensors["model.outputs"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    old = Decoder.load(tmp_path / "old.safetensors")
+    assert old.model_outputs is None
+    torch.manual_seed(7)
+    other = nn.Sequential(nn.Linear(24, 4), nn.Sigmoid()).double().eval()
+    old.check_model((24,), (4,), other)  # no record: accepted, as before
+    y = seed_model(X[:3])
+    assert torch.equal(old(y), dec(y))
+
+
+def test_saved_files_follow_the_umask(dec, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = dec.save(tmp_path / "sub" / "dec.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize(

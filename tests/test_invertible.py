@@ -422,6 +422,43 @@ def test_load_model_reads_a_saved_classifier(saved):
     assert nninv.diagnose(g).injective is True
 
 
+def test_a_saved_classifier_loads_in_a_fresh_process(saved):
+    """load_model finds the format through its table: no import of nninv.invertible needed."""
+    import subprocess
+    import sys
+
+    _, path = saved
+    code = (
+        "import sys\n"
+        "from nninv.model.io import load_model\n"
+        f"g = load_model({str(path)!r})\n"
+        "print(type(g).__name__, 'nninv.invertible' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["BijectiveClassifier", "True"]
+
+
+def test_classifier_files_of_the_first_format_still_load(saved, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    f, path = saved
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    assert meta["format"] == "nninv.BijectiveClassifier" and meta["version"] == "1"
+    old = {"format": "nninv.BijectiveClassifier/1", "config": meta["config"]}
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=old)
+    x = torch.randn(4, 12, generator=torch.Generator().manual_seed(13))
+    for g in (BijectiveClassifier.load(tmp_path / "old.safetensors"), nninv.load_model(path)):
+        assert torch.equal(g(x), f(x))
+    bad = {"format": "nninv.BijectiveClassifier", "version": "9", "config": meta["config"]}
+    save_file(load_file(str(path)), str(tmp_path / "v9.safetensors"), metadata=bad)
+    with pytest.raises(NNInvError, match="has version '9'; this nninv reads version"):
+        BijectiveClassifier.load(tmp_path / "v9.safetensors")
+
+
 def test_load_model_still_refuses_plain_safetensors(tmp_path):
     from safetensors.torch import save_file
 

@@ -76,6 +76,8 @@ PUBLIC_MODULES = {
 
 #: Layer of each top-level module or subpackage of nninv (higher may import lower).
 LAYERS = {
+    "checks": 0,
+    "serialization": 0,
     "errors": 0,
     "result": 0,
     "linalg": 0,

@@ -35,8 +35,3 @@ from .geometry.preimage import Preimage, preimage  # noqa: E402
 from .methods.posterior import Posterior, posterior  # noqa: E402
 
 __all__ += ["Closest", "Posterior", "Preimage", "closest", "posterior", "preimage"]
-
-from importlib.util import find_spec as _find_spec  # noqa: E402
-
-if _find_spec("zuko") is not None:  # nninv.invertible needs zuko (the learned extra)
-    from . import invertible  # noqa: F401  (registers BijectiveClassifier files with load_model)

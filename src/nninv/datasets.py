@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import positive_int
 from .errors import NNInvError
 
 # IDX type codes (LeCun's format note); multi-byte values are big-endian.
@@ -384,10 +385,7 @@ def load_mnist(
     """
     if split not in _MNIST_STEMS:
         raise NNInvError(f"load_mnist: split must be 'train' or 'test', got {split!r}")
-    if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1
-    ):
-        raise NNInvError(f"load_mnist: limit must be a positive integer or None, got {limit!r}")
+    limit = positive_int(limit, "load_mnist: limit", allow_none=True)
     if data_dir is None:
         env = os.environ.get(_MNIST_ENV)
         if not env:

@@ -25,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .checks import positive_int
 from .errors import NNInvError
 
 _CELL_INCHES = 1.0
@@ -202,8 +203,8 @@ def save_grid(
     }
     if ncols is None:
         ncols = max(1, *(len(batch) for batch in images.values()))
-    elif isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
-        raise NNInvError(f"save_grid: ncols must be a positive integer, got {ncols!r}")
+    else:
+        ncols = positive_int(ncols, "save_grid: ncols")
 
     cmap = colormaps["gray"]
     if not clip:

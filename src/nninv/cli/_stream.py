@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import positive_int
 from ..errors import NNInvError
 
 #: Outputs files with more rows than this are streamed whatever the options.
@@ -70,10 +71,8 @@ def check_scale_options(args: argparse.Namespace) -> bool:
         raise NNInvError("--address applies to --ray")
     if args.workers is not None and not args.ray:
         raise NNInvError("--workers applies to --ray")
-    if args.workers is not None and args.workers < 1:
-        raise NNInvError(f"--workers must be a positive integer, got {args.workers}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise NNInvError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    positive_int(args.workers, "--workers", allow_none=True)
+    positive_int(args.batch_size, "--batch-size", allow_none=True)
     asked = args.ray or args.resume or args.batch_size is not None
     if asked and args.outputs is None:
         raise NNInvError("--batch-size, --resume and --ray invert --outputs, not --target")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import model_dtype_device, positive_int
 from ..errors import NNInvError
 from ._common import (
     analyse_model,
@@ -129,8 +130,7 @@ def run(args: argparse.Namespace) -> int:
     """Find the closest inputs of the target class; return the exit status."""
     from .. import ClassTarget, closest
 
-    if args.count < 1:
-        raise NNInvError(f"--count must be a positive integer, got {args.count}")
+    positive_int(args.count, "--count")
     lo, hi = parse_pair(args.bounds, "--bounds")
     label = _target(args.target)
     model, X = _model_and_inputs(args, lo, hi)
@@ -243,5 +243,4 @@ def _save(
 
 
 def _dtype(model: Any) -> torch.dtype:
-    p = next(iter(model.parameters()), None)
-    return p.dtype if p is not None else torch.get_default_dtype()
+    return model_dtype_device(model)[0]

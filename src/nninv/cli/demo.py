@@ -15,7 +15,7 @@ __all__ = ["add_parser", "run"]
 import argparse
 from typing import Any
 
-from ..errors import NNInvError
+from ..checks import positive_int
 
 _DESCRIPTION = """\
 Train the seed's model f(x) = sigmoid(x W^T + b) (784 -> 10, 5 epochs of Adam),
@@ -79,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; return the exit status."""
     from ..experiments.seed import DemoConfig, format_table, run_demo
 
-    if args.components is not None and args.components < 1:
-        raise NNInvError(f"--components must be a positive integer, got {args.components}")
+    positive_int(args.components, "--components", allow_none=True)
     overrides: dict[str, Any] = {
         "dataset": args.dataset,
         "data_dir": args.data_dir,

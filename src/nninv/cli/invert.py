@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import model_dtype_device, positive_int
 from ..errors import NNInvError, NNInvWarning
 from ._common import (
     analyse_model,
@@ -204,15 +205,13 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.samples is not None:
         if args.target is None:
             raise NNInvError("--samples applies to --target class=K")
-        if args.samples < 1:
-            raise NNInvError(f"--samples must be a positive integer, got {args.samples}")
+        positive_int(args.samples, "--samples")
     if args.prior not in (None, "batchnorm") and args.prior_data is None:
         raise NNInvError(f"--prior {args.prior} needs --prior-data X.npy to fit it on")
     if args.components is not None:
         if args.prior != "mixture":
             raise NNInvError("--components applies to --prior mixture")
-        if args.components < 1:
-            raise NNInvError(f"--components must be a positive integer, got {args.components}")
+        positive_int(args.components, "--components")
     if args.confidence is not None and args.target is None:
         raise NNInvError("--confidence applies to --target class=K")
     if args.method == "decoder" and args.decoder is None:
@@ -350,8 +349,7 @@ def run(args: argparse.Namespace) -> int:
         out = out.with_name(out.name + ".npy")
 
     model = load_model(args.model)
-    param = next(iter(model.parameters()), None)
-    mdtype = param.dtype if param is not None else torch.get_default_dtype()
+    mdtype = model_dtype_device(model)[0]
     X = None
     if args.prior_data is not None:
         X = load_array(args.prior_data, "prior data", "--prior-data")
@@ -388,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
         from ..learned import Decoder
 
         decoder = Decoder.load(args.decoder)
-        decoder.check_model(in_shape, out_shape)
+        decoder.check_model(in_shape, out_shape, model)
         method = "decoder"
     else:
         auto = "optimize" if args.prior == "batchnorm" and args.method == "auto" else args.method

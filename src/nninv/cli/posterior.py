@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import model_dtype_device, positive_int
 from ..errors import NNInvError
 from ._common import analyse_model, load_array, parse_pair, parse_shape
 
@@ -72,14 +73,13 @@ def run(args: argparse.Namespace) -> int:
     from ..figures import is_image_shape, save_grid
     from ..learned import ConditionalFlow
 
-    if args.n < 1:
-        raise NNInvError(f"--n must be a positive integer, got {args.n}")
+    positive_int(args.n, "--n")
     bounds = parse_pair(args.bounds, "--bounds") if args.bounds is not None else None
     shape = parse_shape(args.input_shape) if args.input_shape is not None else None
     model = load_model(args.model)
     flow = ConditionalFlow.load(args.flow)
     chain = analyse_model(model, shape or flow.input_shape, None, "--input-shape")
-    flow.decoder.check_model(chain.input_shape, chain.output_shape)
+    flow.decoder.check_model(chain.input_shape, chain.output_shape, model)
     y = load_array(args.outputs, "outputs")
     m = math.prod(chain.output_shape)
     if y.ndim < 2 or math.prod(y.shape[1:]) != m:
@@ -87,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
             f"outputs file '{args.outputs}' holds shape {y.shape}, but the model's outputs are "
             f"shaped (N, {', '.join(map(str, chain.output_shape))})"
         )
-    param = next(iter(model.parameters()), None)
-    dtype = param.dtype if param is not None else torch.float32
+    dtype = model_dtype_device(model)[0]
     yt = torch.from_numpy(np.ascontiguousarray(y)).to(dtype).reshape(len(y), *chain.output_shape)
     post = posterior(model, yt, flow, n=args.n, bounds=bounds, seed=args.seed)
     out = Path(args.out)

@@ -14,6 +14,7 @@ import argparse
 import time
 from typing import Any
 
+from ..checks import positive_int
 from ..errors import NNInvError
 from ._common import load_training_data
 
@@ -92,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if any(h < 1 for h in hidden):
         raise NNInvError(f"--hidden must be positive widths, got {args.hidden!r}")
-    if args.epochs < 1:
-        raise NNInvError(f"--epochs must be a positive integer, got {args.epochs}")
+    positive_int(args.epochs, "--epochs")
     out = Path(args.out)
     if out.is_dir():
         raise NNInvError(f"--out '{out}' is a directory; give the file to write")

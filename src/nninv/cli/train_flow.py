@@ -13,6 +13,7 @@ import argparse
 import time
 from typing import Any
 
+from ..checks import positive_int
 from ..errors import NNInvError
 from ._common import load_training_data
 
@@ -68,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..learned import ConditionalFlow, Decoder
 
     for option, value in (("--epochs", args.epochs), ("--transforms", args.transforms)):
-        if value < 1:
-            raise NNInvError(f"{option} must be a positive integer, got {value}")
+        positive_int(value, option)
     out = Path(args.out)
     if out.is_dir():
         raise NNInvError(f"--out '{out}' is a directory; give the file to write")
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     decoder = None
     if args.decoder is not None:
         decoder = Decoder.load(args.decoder)
-        decoder.check_model(chain.input_shape, chain.output_shape)
+        decoder.check_model(chain.input_shape, chain.output_shape, model)
     t = time.perf_counter()
     flow = ConditionalFlow.fit(
         model,

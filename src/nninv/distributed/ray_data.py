@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..checks import positive_int
 from ..errors import NNInvError
 from ..model.chain import analyse, eval_mode
 from ..model.io import load_model
@@ -230,10 +231,8 @@ def invert_dataset(
         no file or mix file kinds, or a bad ``batch_size``/``num_workers``.
     """
     ray = require_ray()
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise NNInvError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(num_workers, int) or num_workers < 1:
-        raise NNInvError(f"num_workers must be a positive integer, got {num_workers!r}")
+    batch_size = positive_int(batch_size, "batch_size")
+    num_workers = positive_int(num_workers, "num_workers")
     local = model if isinstance(model, nn.Module) else load_model(model)
     with eval_mode(local):
         chain = analyse(local, input_shape)

@@ -27,6 +27,7 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checks import positive_int
 from ..errors import NNInvError
 from ..model.chain import analyse, eval_mode
 from ..priors import Prior
@@ -189,8 +190,7 @@ def invert_file(
     >>> r.n, r.n_converged, np.load(d / "x.npy").shape
     (10, 10, (10, 6))
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise NNInvError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = positive_int(batch_size, "batch_size")
     outputs = Path(outputs)
     x_path, r_path, c_path, meta_path = _paths(out)
     y = _open_outputs(outputs)

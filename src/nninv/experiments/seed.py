@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import model_dtype_device
 from ..datasets import DATASETS, Dataset, default_mnist_dir, load_dataset, load_mnist
 from ..errors import NNInvError, NNInvWarning
 from ..figures import save_grid
@@ -339,8 +340,7 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
     """Fraction of ``images`` whose largest output is the label."""
     with torch.no_grad():
         X = images.reshape(len(images), -1)
-        p = next(model.parameters())
-        pred = model(X.to(p.dtype)).argmax(1)
+        pred = model(X.to(model_dtype_device(model)[0])).argmax(1)
     return float((pred == labels).double().mean())
 
 

@@ -19,50 +19,17 @@ __all__ = [
 ]
 
 import copy
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checks import as_bounds, model_dtype_device
 from ..errors import NNInvError
 from ..model.chain import Elementwise, Shift, Step, Unsupported
 
 _F64 = torch.float64
-
-
-def as_bounds(bounds: Any, input_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """``(lo, hi)`` flat float64 tensors from None, a pair of scalars or of arrays."""
-    n = math.prod(input_shape)
-    if bounds is None:
-        return torch.full((n,), -math.inf, dtype=_F64), torch.full((n,), math.inf, dtype=_F64)
-    try:
-        lo_in, hi_in = bounds
-    except (TypeError, ValueError):
-        raise NNInvError(
-            f"bounds must be None or a pair (lo, hi), got {type(bounds).__name__}"
-        ) from None
-    out = []
-    for name, v in (("lo", lo_in), ("hi", hi_in)):
-        default = -math.inf if name == "lo" else math.inf
-        t = torch.as_tensor(default if v is None else v, dtype=_F64).detach().cpu()
-        try:
-            t = torch.broadcast_to(t, input_shape).reshape(-1).clone()
-        except RuntimeError:
-            raise NNInvError(
-                f"bounds {name} of shape {tuple(t.shape)} does not broadcast to the input "
-                f"shape {input_shape}"
-            ) from None
-        if bool(torch.isnan(t).any()):
-            raise NNInvError(f"bounds {name} contains NaN")
-        out.append(t)
-    lo, hi = out
-    bad = lo > hi
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        raise NNInvError(f"bounds: lo > hi at input {i} ({float(lo[i])} > {float(hi[i])})")
-    return lo, hi
 
 
 def as_input(x: Any, input_shape: tuple[int, ...], name: str = "x") -> Tensor:
@@ -99,10 +66,7 @@ def model_kind(model: nn.Module) -> tuple[torch.dtype, torch.device]:
 
     A model without any computes in whatever it is given: float64 on the CPU here.
     """
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.dtype, t.device
-    return _F64, torch.device("cpu")
+    return model_dtype_device(model, _F64)
 
 
 def caller_kind(

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checks import positive_int
 from ..errors import NNInvError, NNInvWarning
 from ..model.chain import Chain, analyse, eval_mode
 from ..model.io import as_module
@@ -299,9 +300,7 @@ class Preimage:
         self.info["project_unconfirmed"] = []
         if self._native is None:
             return
-        ref = next((t for t in (*self._native.parameters(), *self._native.buffers())), None)
-        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float64
-        device = ref.device if ref is not None else torch.device("cpu")
+        dtype, device = model_kind(self._native)
         with torch.no_grad(), eval_mode(self._native):
             out = self._native(X.to(device, dtype)).reshape(X.shape[0], -1)
         out = out.to("cpu", torch.float64)
@@ -469,9 +468,7 @@ class Preimage:
         self._require_nonempty("sample from it")
         if method not in _METHODS:
             raise NNInvError(f"unknown method {method!r}; valid: {', '.join(_METHODS)}")
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise NNInvError(f"n must be a positive integer, got {n!r}")
-        n = int(n)
+        n = positive_int(n, "n")
         if method == "auto":
             method = "prior" if prior is not None else "billiard"
         if method == "prior":
@@ -489,13 +486,7 @@ class Preimage:
         elif prior is not None:
             raise NNInvError("prior= is only used with method='prior'")
         for name, v in (("chains", chains), ("burn", burn), ("thin", thin)):
-            if v is not None and (
-                isinstance(v, bool) or not isinstance(v, int) or v < (name != "burn")
-            ):
-                raise NNInvError(
-                    f"{name} must be a {'non-negative' if name == 'burn' else 'positive'} "
-                    f"integer, got {v!r}"
-                )
+            positive_int(v, name, minimum=int(name != "burn"), allow_none=True)
         gen = torch.Generator().manual_seed(
             int(seed) if seed is not None else int(torch.randint(2**62, (1,)))
         )

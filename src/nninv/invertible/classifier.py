@@ -25,15 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import model_dtype_device
 from ..errors import NNInvError
-from ..learned.decoder import read_safetensors
-from ..model.io import register_safetensors_format
+from ..serialization import read, write
 from ._base import InverseReport, InvertibleSequential
 from .coupling import AffineCoupling
 from .iresnet import IResBlock
 from .linear import ActNorm, InvConv1x1
 
-_FORMAT = "nninv.BijectiveClassifier/1"
+#: What ``save`` writes in the file's metadata, and what ``load`` accepts (files of the
+#: first release say ``"nninv.BijectiveClassifier/1"``: the same format and version).
+FORMAT = "nninv.BijectiveClassifier"
+VERSION = 1
 
 
 class BijectiveClassifier(nn.Module):
@@ -238,8 +241,8 @@ class BijectiveClassifier(nn.Module):
             raise NNInvError(f"labels must be in [0, {self.classes}), got {labels.unique()}")
         if not clip > 0:
             raise NNInvError(f"clip must be positive, got {clip}")
-        p = next(self.parameters())
-        X, labels = X.to(p.device, p.dtype), labels.to(p.device)
+        dtype, device = model_dtype_device(self)
+        X, labels = X.to(device, dtype), labels.to(device)
         g = torch.Generator().manual_seed(seed)
         params = [q for q in self.parameters() if q.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
@@ -291,10 +294,10 @@ class BijectiveClassifier(nn.Module):
     def accuracy(self, X: Tensor, labels: Tensor, batch_size: int = 2000) -> float:
         """Fraction of ``X`` classified as ``labels``."""
         X = self._flat(torch.as_tensor(X))
-        p = next(self.parameters())
+        dtype, device = model_dtype_device(self)
         right = 0
         for i in range(0, len(X), batch_size):
-            pred = self.logits(X[i : i + batch_size].to(p)).argmax(1).cpu()
+            pred = self.logits(X[i : i + batch_size].to(device, dtype)).argmax(1).cpu()
             right += int((pred == torch.as_tensor(labels[i : i + batch_size])).sum())
         return right / len(X)
 
@@ -303,9 +306,12 @@ class BijectiveClassifier(nn.Module):
     def fit_z(self, X: Tensor, labels: Tensor | None = None, *, ridge: float = 1e-3) -> None:
         """Fit a Gaussian to the ``z`` of ``X`` (one per class when ``labels`` are given)."""
         X = self._flat(torch.as_tensor(X))
-        p = next(self.parameters())
+        dtype, device = model_dtype_device(self)
         zs = torch.cat(
-            [self(X[i : i + 2000].to(p))[:, self.classes :] for i in range(0, len(X), 2000)]
+            [
+                self(X[i : i + 2000].to(device, dtype))[:, self.classes :]
+                for i in range(0, len(X), 2000)
+            ]
         ).double()
         groups = [zs]
         if labels is not None:
@@ -320,8 +326,8 @@ class BijectiveClassifier(nn.Module):
             cov = torch.cov(zc.T) + ridge * eye * torch.cov(zc.T).diagonal().mean()
             means.append(mu)
             chols.append(torch.linalg.cholesky(cov))
-        self.z_mean = torch.stack(means).to(p)
-        self.z_chol = torch.stack(chols).to(p)
+        self.z_mean = torch.stack(means).to(device, dtype)
+        self.z_chol = torch.stack(chols).to(device, dtype)
 
     def sample_z(self, n: int, cls: int = 0, *, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws of ``z`` from the fitted Gaussian of class ``cls`` (or of all data)."""
@@ -357,26 +363,13 @@ class BijectiveClassifier(nn.Module):
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the weights, the fitted z-Gaussians and the JSON config."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(
-            tensors, str(path), metadata={"format": _FORMAT, "config": json.dumps(self.config)}
-        )
-        return path
+        meta = {"config": json.dumps(self.config)}
+        return write(path, self.state_dict(), FORMAT, VERSION, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> BijectiveClassifier:
         """Read a model written by :meth:`save` (nothing is unpickled)."""
-        path = Path(path)
-        meta, tensors = read_safetensors(path, "BijectiveClassifier")
-        if meta.get("format") != _FORMAT:
-            raise NNInvError(
-                f"'{path}' is a safetensors file but not an nninv BijectiveClassifier (format "
-                f"{meta.get('format')!r})"
-            )
+        meta, tensors = read(path, FORMAT, (VERSION,), "BijectiveClassifier")
         model = cls(**json.loads(meta["config"]))
         model.z_mean = tensors.get("z_mean", model.z_mean)
         model.z_chol = tensors.get("z_chol", model.z_chol)
@@ -387,6 +380,3 @@ class BijectiveClassifier(nn.Module):
         except RuntimeError as e:
             raise NNInvError(f"'{path}': weights do not match the config: {e}") from None
         return model.eval()
-
-
-register_safetensors_format(_FORMAT.split("/")[0], BijectiveClassifier.load)

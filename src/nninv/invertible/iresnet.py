@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import positive_int
 from ..errors import NNInvError, NNInvWarning
 from ._base import InverseReport, InvertibleBlock
 
@@ -91,8 +92,7 @@ class IResBlock(InvertibleBlock):
             raise NNInvError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
         if not 0 < lipschitz < 1:
             raise NNInvError(f"lipschitz must be in (0, 1), got {lipschitz}")
-        if max_iter < 1:
-            raise NNInvError(f"max_iter must be positive, got {max_iter}")
+        positive_int(max_iter, "max_iter")
         if tol is not None and not (tol > 0 and math.isfinite(tol)):
             raise NNInvError(f"tol must be positive and finite, got {tol}")
         g = torch.Generator().manual_seed(seed)

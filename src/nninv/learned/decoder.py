@@ -27,9 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import as_batch, model_dtype_device, positive_int
 from ..errors import NNInvError
 from ..model.io import as_module
 from ..priors import GaussianPrior
+from ..serialization import read, write
 
 #: What ``save`` writes in the file's metadata, and what ``load`` accepts.
 FORMAT = "nninv.Decoder"
@@ -123,6 +125,12 @@ class Decoder:
         What :meth:`load` needs to rebuild ``net`` (architecture, sizes, box).
     history : list of float
         Mean training loss per epoch (empty for a loaded decoder).
+    model_outputs : Tensor or None
+        The record of the model it was trained for: that model's float64
+        outputs on :data:`PROBES` fixed inputs (see :func:`probe_outputs`).
+        :meth:`check_model` refuses another model. None for files written
+        before nninv kept the record: those decoders load and are checked by
+        shape only.
     """
 
     def __init__(
@@ -138,6 +146,7 @@ class Decoder:
         self.history = list(history)
         self.input_shape = tuple(config["input_shape"])
         self.output_shape = tuple(config["output_shape"])
+        self.model_outputs: Tensor | None = None
 
     def __repr__(self) -> str:
         return (
@@ -164,14 +173,7 @@ class Decoder:
         ``net`` moves to ``y``'s device first (as :meth:`to` would), so a decoder
         loaded on the CPU serves CUDA outputs with no code change.
         """
-        y = _as_tensor(y, "y")
-        if tuple(y.shape) == self.output_shape:
-            y = y.unsqueeze(0)
-        if tuple(y.shape[1:]) != self.output_shape:
-            raise NNInvError(
-                f"the decoder takes outputs shaped (N, {', '.join(map(str, self.output_shape))}), "
-                f"got {tuple(y.shape)}"
-            )
+        y = as_batch(_as_tensor(y, "y"), self.output_shape, "y", "the decoder's outputs")
         dtype = y.dtype if y.dtype.is_floating_point else torch.float32
         p = next(self.net.parameters())
         with torch.no_grad():
@@ -263,8 +265,7 @@ class Decoder:
         if not bool(torch.isfinite(X).all()):
             raise NNInvError("X contains NaN or inf")
         for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise NNInvError(f"{name} must be a positive integer, got {v!r}")
+            positive_int(v, name)
         if not 0 < holdout <= 0.5:
             raise NNInvError(f"holdout must lie in (0, 0.5], got {holdout}")
         if not (isinstance(lr, float | int) and lr > 0 and math.isfinite(lr)):
@@ -313,26 +314,49 @@ class Decoder:
         with torch.no_grad():
             err = X[hold] - net(Y[hold])
         error = GaussianPrior.fit(err.cpu().double())
-        return cls(net, config, error, history)
+        dec = cls(net, config, error, history)
+        dec.model_outputs = probe_outputs(model, config)
+        return dec
 
     # --- files ------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the decoder as one safetensors file (weights, error model, JSON config)."""
-        from safetensors.torch import save_file
+        """Write the decoder as one safetensors file (weights, errors, model record, config)."""
+        return write(path, self.tensors(), FORMAT, VERSION, {"config": json.dumps(self.config)})
 
-        path = Path(path)
-        state = self.net.state_dict().items()
-        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in state}
-        tensors["error.mean"] = self.error.mean.contiguous()
-        tensors["error.covariance"] = self.error.covariance.contiguous()
-        meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(self.config)}
-        save_file(tensors, str(path), metadata=meta)
-        return path
+    def tensors(self, prefix: str = "") -> dict[str, Tensor]:
+        """What :meth:`save` writes: ``net.*``, ``error.*`` and ``model.outputs`` if recorded."""
+        out = {f"{prefix}net.{k}": v for k, v in self.net.state_dict().items()}
+        out[f"{prefix}error.mean"] = self.error.mean
+        out[f"{prefix}error.covariance"] = self.error.covariance
+        if self.model_outputs is not None:
+            out[f"{prefix}model.outputs"] = self.model_outputs
+        return out
+
+    @classmethod
+    def from_tensors(
+        cls, config: dict[str, Any], tensors: dict[str, Tensor], prefix: str = ""
+    ) -> Decoder:
+        """The decoder :meth:`tensors` describes (KeyError, RuntimeError... if inconsistent)."""
+        net = _Net(config)
+        k0 = len(prefix) + 4
+        state = {k[k0:]: v for k, v in tensors.items() if k.startswith(f"{prefix}net.")}
+        net.load_state_dict(state, strict=True)
+        error = GaussianPrior(
+            tensors[f"{prefix}error.mean"],
+            tensors[f"{prefix}error.covariance"],
+            event_shape=tuple(config["input_shape"]),
+        )
+        dec = cls(net, config, error)
+        dec.model_outputs = tensors.get(f"{prefix}model.outputs")
+        return dec
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Decoder:
         """Read a decoder written by :meth:`save` (safetensors; nothing is unpickled).
+
+        A file written before decoders recorded their model has no
+        ``model.outputs``: it loads, and :meth:`check_model` checks its shapes only.
 
         Raises
         ------
@@ -340,61 +364,75 @@ class Decoder:
             If the file is missing, not a safetensors file, corrupt or truncated,
             or not a decoder of a version this nninv reads.
         """
-        path = Path(path)
-        meta, tensors = read_safetensors(path, "decoder")
-        if meta.get("format") != FORMAT:
-            raise NNInvError(
-                f"'{path}' is a safetensors file but not an nninv decoder (format "
-                f"{meta.get('format')!r}); write decoders with Decoder.save"
-            )
-        if meta.get("version") != str(VERSION):
-            raise NNInvError(
-                f"decoder file '{path}' has version {meta.get('version')!r}; this nninv reads "
-                f"version {VERSION}"
-            )
+        meta, tensors = read(path, FORMAT, (VERSION,), "decoder")
         try:
-            config = json.loads(meta["config"])
-            net = _Net(config)
-            state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-            net.load_state_dict(state, strict=True)
-            error = GaussianPrior(
-                tensors["error.mean"],
-                tensors["error.covariance"],
-                event_shape=tuple(config["input_shape"]),
-            )
+            return cls.from_tensors(json.loads(meta["config"]), tensors)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise NNInvError(
                 f"decoder file '{path}' is inconsistent ({type(e).__name__}: {e}): the file is "
                 f"corrupt"
             ) from None
-        return cls(net, config, error)
 
-    def check_model(self, input_shape: Sequence[int], output_shape: Sequence[int]) -> None:
-        """Raise NNInvError unless this decoder fits a model with these shapes."""
+    def check_model(
+        self,
+        input_shape: Sequence[int],
+        output_shape: Sequence[int],
+        model: nn.Module | None = None,
+    ) -> None:
+        """Raise NNInvError unless this decoder fits a model with these shapes (and ``model``).
+
+        With ``model``, and a decoder that recorded the model it was trained
+        for, ``model``'s outputs on the fixed probe inputs must match the record
+        (to ``1e-3`` of their scale): a decoder of another model with the same
+        shapes is refused.
+        """
         if tuple(input_shape) != self.input_shape or tuple(output_shape) != self.output_shape:
             raise NNInvError(
                 f"the decoder maps outputs {self.output_shape} to inputs {self.input_shape}, "
                 f"but the model maps inputs {tuple(input_shape)} to outputs "
                 f"{tuple(output_shape)}: it was trained for another model"
             )
+        if model is None or self.model_outputs is None:
+            return
+        got = probe_outputs(model, self.config)
+        want = self.model_outputs
+        if got is None or got.shape != want.shape:
+            return
+        gap = float((got - want).abs().max())
+        if not gap <= 1e-3 * max(float(want.abs().max()), 1.0):
+            raise NNInvError(
+                f"the decoder was trained for another model of the same shapes: on {len(want)} "
+                f"fixed probe inputs this model's outputs differ from those of the model it "
+                f"was trained for by up to {gap:.3g}; train a decoder for this model "
+                f"(Decoder.fit or nninv train-decoder)"
+            )
 
 
-def read_safetensors(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
-    """The metadata and tensors of a safetensors file; NNInvError naming ``path`` if unreadable."""
-    from safetensors import safe_open
+#: How many fixed inputs record the model a decoder was trained for.
+PROBES = 4
 
-    if not path.is_file():
-        raise NNInvError(f"{what} file '{path}' does not exist")
+
+def probe_outputs(model: nn.Module, config: dict[str, Any]) -> Tensor | None:
+    """``model``'s float64 outputs ``(PROBES, m)`` on fixed seeded inputs in the decoder's box.
+
+    The inputs are uniform in the box (standard normal where it is unbounded),
+    drawn from a generator seeded with 0, so the record depends on what the
+    model computes, not on how it was saved (a TorchScript or ONNX copy of the
+    same network, or its float64 copy, gives the same record to rounding).
+    None if the model fails on them.
+    """
+    shape = tuple(config["input_shape"])
+    g = torch.Generator().manual_seed(0)
+    box = config.get("box") or (None, None)
+    lo, hi = box
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        x = lo + (hi - lo) * torch.rand(PROBES, *shape, generator=g, dtype=torch.float64)
+    else:
+        x = torch.randn(PROBES, *shape, generator=g, dtype=torch.float64)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except Exception as e:  # safetensors raises its own error types on damaged bytes
-        raise NNInvError(
-            f"{what} file '{path}' is not a readable safetensors file "
-            f"({type(e).__name__}: {e}): the file is corrupt or truncated"
-        ) from None
-    return meta, tensors
+        return _outputs(as_module(model), x).double().reshape(PROBES, -1)
+    except NNInvError:
+        return None
 
 
 def _as_tensor(v: Any, name: str) -> Tensor:
@@ -438,9 +476,7 @@ def _outputs(model: nn.Module, X: Tensor, batch: int = 4096) -> Tensor:
     """``model(X)`` in eval mode, float32, batched; errors name the shapes."""
     was = model.training
     model.eval()
-    p = next(iter(model.parameters()), None)
-    dtype = p.dtype if p is not None else torch.float32
-    device = p.device if p is not None else torch.device("cpu")
+    dtype, device = model_dtype_device(model)
     out = []
     try:
         with torch.no_grad():

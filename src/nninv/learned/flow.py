@@ -29,8 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import as_batch, positive_int
 from ..errors import NNInvError
-from .decoder import Decoder, _as_tensor, _outputs, read_safetensors, train_device
+from ..serialization import read, write
+from .decoder import Decoder, _as_tensor, _outputs, train_device
 
 FORMAT = "nninv.ConditionalFlow"
 GRAD_CLIP = 1.0  # max gradient norm per step
@@ -169,14 +171,13 @@ class ConditionalFlow:
                 f"X must be finite and shaped (N, *input_shape) with N >= 10, got {tuple(X.shape)}"
             )
         for name, v in (("epochs", epochs), ("batch_size", batch_size), ("transforms", transforms)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise NNInvError(f"{name} must be a positive integer, got {v!r}")
+            positive_int(v, name)
         if space not in ("auto", "logit", "linear"):
             raise NNInvError(f"space must be 'auto', 'logit' or 'linear', got {space!r}")
         if decoder is None:
             decoder = Decoder.fit(model, X, seed=seed, progress=progress)
         Y = _outputs(model, X)
-        decoder.check_model(tuple(X.shape[1:]), tuple(Y.shape[1:]))
+        decoder.check_model(tuple(X.shape[1:]), tuple(Y.shape[1:]), model)
         decoder.to(device)
         X, Y = X.to(device), Y.to(device)
         box = decoder.config.get("box")
@@ -219,16 +220,8 @@ class ConditionalFlow:
         are drawn on ``y``'s device (the flow moves there first, as :meth:`to`
         would); a seed gives the same draws on the same device.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise NNInvError(f"n must be a positive integer, got {n!r}")
-        y = _as_tensor(y, "y")
-        if tuple(y.shape) == self.output_shape:
-            y = y.unsqueeze(0)
-        if tuple(y.shape[1:]) != self.output_shape:
-            raise NNInvError(
-                f"the flow takes outputs shaped (N, {', '.join(map(str, self.output_shape))}), "
-                f"got {tuple(y.shape)}"
-            )
+        n = positive_int(n, "n")
+        y = as_batch(_as_tensor(y, "y"), self.output_shape, "y", "the flow's outputs")
         dtype = y.dtype if y.dtype.is_floating_point else torch.float32
         self.to(y.device)
         y32 = y.detach().to(torch.float32)
@@ -249,54 +242,24 @@ class ConditionalFlow:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """One safetensors file: the decoder, the flow, the scale and both configs."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {
-            f"decoder.net.{k}": v.detach().cpu().contiguous()
-            for k, v in self.decoder.net.state_dict().items()
-        }
-        tensors["decoder.error.mean"] = self.decoder.error.mean.contiguous()
-        tensors["decoder.error.covariance"] = self.decoder.error.covariance.contiguous()
-        tensors.update(
-            {f"flow.{k}": v.detach().cpu().contiguous() for k, v in self.flow.state_dict().items()}
-        )
-        tensors["scale"] = self.scale.cpu().contiguous()
-        meta = {
-            "format": FORMAT,
-            "version": str(VERSION),
-            "config": json.dumps(self.config),
-            "decoder_config": json.dumps(self.decoder.config),
-        }
-        save_file(tensors, str(path), metadata=meta)
-        return path
+        tensors = self.decoder.tensors("decoder.")
+        tensors.update({f"flow.{k}": v for k, v in self.flow.state_dict().items()})
+        tensors["scale"] = self.scale
+        meta = {"config": json.dumps(self.config)}
+        meta["decoder_config"] = json.dumps(self.decoder.config)
+        return write(path, tensors, FORMAT, VERSION, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ConditionalFlow:
-        """Read a flow written by :meth:`save` (safetensors; nothing is unpickled)."""
-        from ..priors import GaussianPrior
-        from .decoder import _Net
+        """Read a flow written by :meth:`save` (safetensors; nothing is unpickled).
 
-        path = Path(path)
-        meta, tensors = read_safetensors(path, "flow")
-        if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
-            raise NNInvError(
-                f"'{path}' is not an nninv conditional flow of version {VERSION} (format "
-                f"{meta.get('format')!r}, version {meta.get('version')!r})"
-            )
+        A file written before decoders recorded their model loads too; its
+        decoder is then checked against a model by shape only.
+        """
+        meta, tensors = read(path, FORMAT, (VERSION,), "conditional flow")
         try:
             config = json.loads(meta["config"])
-            dconfig = json.loads(meta["decoder_config"])
-            net = _Net(dconfig)
-            net.load_state_dict(
-                {k[12:]: v for k, v in tensors.items() if k.startswith("decoder.net.")},
-                strict=True,
-            )
-            error = GaussianPrior(
-                tensors["decoder.error.mean"],
-                tensors["decoder.error.covariance"],
-                event_shape=tuple(dconfig["input_shape"]),
-            )
+            decoder = Decoder.from_tensors(json.loads(meta["decoder_config"]), tensors, "decoder.")
             flow = _build(config)
             flow.load_state_dict(
                 {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}, strict=True
@@ -306,7 +269,7 @@ class ConditionalFlow:
             raise NNInvError(
                 f"flow file '{path}' is inconsistent ({type(e).__name__}: {e}): the file is corrupt"
             ) from None
-        return cls(Decoder(net, dconfig, error), flow, scale, config)
+        return cls(decoder, flow, scale, config)
 
 
 def _to_logit(x: Tensor, box: Sequence[float], u: Tensor | None = None) -> Tensor:

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import model_dtype_device
 from ..model.chain import Chain, Elementwise, Shift
 from ..model.outputs import output_kind
 from ..priors import CombinedPrior, GaussianMixturePrior, GaussianPrior
@@ -75,10 +76,7 @@ class _ModelFunctions:
     def __init__(
         self, model: nn.Module, chain: Chain, dtype: torch.dtype, device: torch.device
     ) -> None:
-        p: Tensor | None = next(iter(model.parameters()), None)
-        if p is None:
-            p = next(iter(model.buffers()), None)
-        if p is not None and (p.dtype != dtype or p.device != device):
+        if model_dtype_device(model, dtype) != (dtype, device):
             model = copy.deepcopy(model).to(dtype=dtype, device=device)
             model.requires_grad_(False)
         self.model = model

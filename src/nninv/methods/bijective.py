@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..checks import model_dtype_device
 from ..errors import NNInvError
 from ..targets import ClassTarget
 from . import Problem, Solution, register
@@ -41,8 +42,7 @@ def bijective(problem: Problem) -> Solution:
             "method 'bijective' inverts exact outputs; for a class target fix the logits and "
             "draw the nuisance z (BijectiveClassifier.preimage_samples)"
         )
-    p = next(iter(model.parameters()), None)
-    mdtype = p.dtype if p is not None else problem.dtype
+    mdtype = model_dtype_device(model, problem.dtype)[0]
     y = problem.target.reshape(problem.n, -1).to(mdtype)
     with torch.no_grad():
         x, report = model.inverse(y)

@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from ..checks import positive_int
 from ..errors import NNInvError
 from ..learned import Decoder
 from ..targets import ClassTarget
@@ -83,10 +84,8 @@ def invert_decoder(problem: Problem) -> Solution:
         raise NNInvError(
             "method='decoder' inverts exact outputs; for a ClassTarget use method='optimize'"
         )
-    dec.check_model(problem.input_shape, problem.output_shape)
-    max_iter = opts["max_iter"]
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise NNInvError(f"option max_iter must be a positive integer, got {max_iter!r}")
+    dec.check_model(problem.input_shape, problem.output_shape, problem.model)
+    max_iter = positive_int(opts["max_iter"], "option max_iter")
     dtype, device = problem.dtype, problem.device
     lo, hi = _bounds(opts["bounds"], problem.input_shape, dtype, device)
     N, n = problem.n, math.prod(problem.input_shape)

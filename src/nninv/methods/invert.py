@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import model_dtype_device
 from ..errors import NNInvError, NNInvWarning
 from ..model.chain import analyse, eval_mode, resolve_input_shape
 from ..model.io import as_module
@@ -34,12 +35,7 @@ DEFAULT_TOL = {torch.float64: 1e-5, torch.float32: 1e-4, torch.float16: 1e-2, to
 
 
 def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    p = next(iter(model.parameters()), None)
-    if p is None:
-        p = next(iter(model.buffers()), None)
-    if p is None:
-        return torch.get_default_dtype(), torch.device("cpu")
-    return p.dtype, p.device
+    return model_dtype_device(model)
 
 
 def invert(

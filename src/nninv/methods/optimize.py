@@ -88,6 +88,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import as_bounds, positive_int
 from ..errors import NNInvError
 from ..targets import ClassTarget
 from . import Problem, Solution, register
@@ -360,10 +361,7 @@ def _invert(problem: Problem) -> Solution:
 
 
 def _positive_int(v: Any, name: str, zero: bool = False) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if zero else 1):
-        what = "a non-negative" if zero else "a positive"
-        raise NNInvError(f"option {name} must be {what} integer, got {v!r}")
-    return v
+    return positive_int(v, f"option {name}", minimum=0 if zero else 1)
 
 
 def _bounds(
@@ -371,41 +369,14 @@ def _bounds(
 ) -> tuple[Tensor | None, Tensor | None]:
     if bounds is None:
         return None, None
-    try:
-        lo, hi = bounds
-    except (TypeError, ValueError):
-        raise NNInvError(f"bounds must be a pair (lo, hi), got {bounds!r}") from None
-    n = math.prod(shape)
-
-    def one(v: Any, name: str) -> Tensor:
-        t = torch.as_tensor(v, dtype=dtype, device=device)
-        try:
-            t = torch.broadcast_to(t, shape).reshape(n)
-        except RuntimeError:
-            raise NNInvError(
-                f"bounds: {name} of shape {tuple(t.shape)} does not broadcast to the input "
-                f"shape {shape}"
-            ) from None
-        if bool(torch.isnan(t).any()):
-            raise NNInvError(f"bounds: {name} contains NaN")
-        return t
-
-    lo_t, hi_t = one(lo, "lo"), one(hi, "hi")
-    if not bool((lo_t < hi_t).all()):
-        i = int((lo_t >= hi_t).nonzero()[0])
-        raise NNInvError(
-            f"bounds: need lo < hi everywhere, got lo={float(lo_t[i])}, hi={float(hi_t[i])} "
-            f"at input {i}"
-        )
-    return lo_t, hi_t
+    return as_bounds(bounds, shape, dtype=dtype, device=device)
 
 
 def _whiten_rank(v: Any, n: int) -> int:
     """The rank the augmented Lagrangian keeps of each covariance (0: all of it)."""
     if v is None:
         return AUTO_WHITEN_RANK if n >= 4 * AUTO_WHITEN_RANK else 0
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise NNInvError(f"option whiten_rank must be a non-negative integer or None, got {v!r}")
+    v = positive_int(v, "option whiten_rank", minimum=0, allow_none=True)
     return v if v < n else 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import as_batch, positive_int
 from ..errors import NNInvError
 from ..learned import ConditionalFlow
 from .invert import invert
@@ -82,16 +83,9 @@ def posterior(
     """
     if not isinstance(flow, ConditionalFlow):
         raise NNInvError(f"flow must be a nninv.learned.ConditionalFlow, got {type(flow).__name__}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise NNInvError(f"n must be a positive integer, got {n!r}")
+    n = positive_int(n, "n")
     y = torch.as_tensor(y) if not isinstance(y, Tensor) else y
-    if tuple(y.shape) == flow.output_shape:
-        y = y.unsqueeze(0)
-    if tuple(y.shape[1:]) != flow.output_shape:
-        raise NNInvError(
-            f"y has shape {tuple(y.shape)}; the flow's outputs are shaped "
-            f"(N, {', '.join(map(str, flow.output_shape))})"
-        )
+    y = as_batch(y, flow.output_shape, "y", "the flow's outputs")
     N = y.shape[0]
     draws = flow.sample(y, n, seed=seed)  # (N, n, *input_shape)
     box = flow.decoder.config.get("box")

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import model_dtype_device
 from ..errors import NNInvError
 from ..linalg import Factor, factor
 from ._activations import Activation, activation_of
@@ -112,10 +113,6 @@ class Affine:
     @property
     def m(self) -> int:
         return math.prod(self.out_shape)
-
-    @property
-    def is_reshape(self) -> bool:
-        return all(layer.kind == "reshape" for layer in self.layers)
 
     def label(self) -> str:
         names = ", ".join(layer.label() for layer in self.layers)
@@ -473,8 +470,7 @@ def _build(model: nn.Module, shape: tuple[int, ...], max_dense: int) -> Chain:
     layers: list[LayerInfo] = []
     steps: list[Step] = []
     cur = shape
-    probe_dtype = next((p.dtype for p in model.parameters()), torch.float32)
-    probe_device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    probe_dtype, probe_device = model_dtype_device(model)
     with torch.no_grad(), eval_mode(model):
         h = torch.zeros(2, *cur, dtype=probe_dtype, device=probe_device)
         for i, (name, mod) in enumerate(leaves):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checks import model_dtype_device, positive_int
 from ..errors import NNInvError
 from .chain import MAX_DENSE, Affine, LayerInfo, analyse, eval_mode
 from .io import as_module
@@ -262,17 +263,14 @@ def diagnose(
     (10, 774, 774)
     """
     model = as_module(model)
-    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-        raise NNInvError(f"max_samples must be a positive integer, got {max_samples!r}")
+    positive_int(max_samples, "max_samples")
     if input_shape is None and data is not None and getattr(model, "input_shape", None) is None:
         first = next((m for m in model.modules() if not isinstance(m, nn.Sequential)), None)
         if not isinstance(first, nn.Linear):
             input_shape = tuple(data.shape[1:])
     with eval_mode(model):
         chain = analyse(model, input_shape)
-        p = next(iter(model.parameters()), None)
-        dtype = p.dtype if p is not None else torch.float32
-        device = p.device if p is not None else torch.device("cpu")
+        dtype, device = model_dtype_device(model)
         energies: dict[int, float] = {}
         if data is not None:
             X = _as_input(data, chain.input_shape, torch.float64)[:max_samples]

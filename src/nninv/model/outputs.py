@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import as_batch
 from ..errors import NNInvError, NNInvWarning
 from ..targets import ClassTarget
 from .chain import Chain, Elementwise, Shift
@@ -44,13 +45,7 @@ def as_output(
     if not (y.dtype.is_floating_point or y.dtype in (torch.int32, torch.int64, torch.uint8)):
         raise NNInvError(f"target must be real-valued, got dtype {y.dtype}")
     y = y.detach().to(device=device, dtype=dtype)
-    if tuple(y.shape) == output_shape:
-        y = y.unsqueeze(0)
-    if tuple(y.shape[1:]) != output_shape:
-        raise NNInvError(
-            f"target has shape {tuple(y.shape)} but the model's outputs are shaped "
-            f"(N, {', '.join(map(str, output_shape))})"
-        )
+    y = as_batch(y, output_shape, "target", "the model's outputs")
     if y.shape[0] == 0:
         raise NNInvError("target holds no samples")
     if all_finite(y):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import positive_int
 from ..errors import NNInvError
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -167,9 +168,7 @@ def _terms(prior: Any) -> list[tuple[float, Any]]:
 
 def _check_n(n: Any) -> int:
     """``n``, the number of samples to draw, as a non-negative int."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise NNInvError(f"n, the number of samples, must be a non-negative integer, got {n!r}")
-    return n
+    return positive_int(n, "n, the number of samples,", minimum=0)
 
 
 def _check_weight(weight: Any, what: str) -> float:

@@ -14,8 +14,9 @@ are given (a module, or a scikit-learn MLP) into a module.
 
 from __future__ import annotations
 
-__all__ = ["SUPPORTED_KINDS", "as_module", "load_model", "register_safetensors_format"]
+__all__ = ["SAFETENSORS_FORMATS", "SUPPORTED_KINDS", "as_module", "load_model"]
 
+import importlib
 import os
 import zipfile
 import zlib
@@ -39,18 +40,13 @@ SUPPORTED_KINDS: tuple[str, ...] = (
     "nninv.invertible.BijectiveClassifier saved by its save() (.safetensors)",
 )
 
-#: Loaders of safetensors files that carry their own architecture, by the name in the file's
-#: ``format`` metadata before the ``/version``; filled by the upper layers that write them.
-_SAFETENSORS_FORMATS: dict[str, Callable[[Path], nn.Module]] = {}
-
-
-def register_safetensors_format(name: str, loader: Callable[[Path], nn.Module]) -> None:
-    """Make :func:`load_model` read safetensors files whose ``format`` metadata is ``name/...``.
-
-    Upper layers register their self-describing files here (``nninv.invertible``
-    registers ``"nninv.BijectiveClassifier"``), so that this layer need not import them.
-    """
-    _SAFETENSORS_FORMATS[name] = loader
+#: nninv's own safetensors files that carry their architecture, by their ``format``
+#: metadata (:mod:`nninv.serialization`), with the loader as ``"module:Class.method"``.
+#: The loaders live in upper layers; the module is imported only when such a file is read,
+#: so ``load_model`` reads them in a fresh process and this layer imports nothing above it.
+SAFETENSORS_FORMATS: dict[str, str] = {
+    "nninv.BijectiveClassifier": "nninv.invertible.classifier:BijectiveClassifier.load",
+}
 
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -264,19 +260,28 @@ def _load_safetensors(path: Path) -> nn.Module:
     """A safetensors file with a registered ``format``; else an error (weights, no architecture)."""
     from safetensors import safe_open
 
+    from ...serialization import file_format
+
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types on damaged bytes
         raise _corrupt(path, "safetensors", f"{type(e).__name__}: {e}") from None
-    name = str(meta.get("format", "")).split("/")[0]
-    if name in _SAFETENSORS_FORMATS:
-        return _SAFETENSORS_FORMATS[name](path)
-    if name == "nninv.BijectiveClassifier":
-        raise NNInvError(
-            f"'{path}' is an {name} file, whose loader is not available: nninv.invertible "
-            f"needs zuko (pip install 'nninv[learned]')"
-        )
+    name = file_format(meta)[0]
+    if name in SAFETENSORS_FORMATS:
+        module, _, attr = SAFETENSORS_FORMATS[name].partition(":")
+        try:
+            loader: Any = importlib.import_module(module)
+        except ImportError as e:
+            raise NNInvError(
+                f"'{path}' is an {name} file, whose loader ({module}) cannot be imported: "
+                f"{e} (nninv.invertible needs zuko: pip install 'nninv[learned]')"
+            ) from None
+        for part in attr.split("."):
+            loader = getattr(loader, part)
+        model = loader(path)
+        assert isinstance(model, nn.Module), SAFETENSORS_FORMATS[name]
+        return model
     raise NNInvError(
         f"'{path}' is a safetensors file: it holds weights but no architecture. "
         f"Build the module in code, fill it with safetensors.torch.load_model, and "

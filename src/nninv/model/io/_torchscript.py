@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...checks import model_dtype_device
 from . import _corrupt
 
 #: Largest ``|rebuilt(x) - scripted(x)|`` (absolute, and relative to ``|scripted(x)|``)
@@ -155,7 +156,7 @@ def _leading_linear_shape(model: nn.Sequential) -> tuple[int, ...] | None:
 def _agrees(eager: nn.Module, script: nn.Module, shape: Sequence[int]) -> bool:
     try:
         # the archive's own dtype, not torch's default (which a caller may have set to float64)
-        dtype = next(iter(script.parameters()), torch.empty(0, dtype=torch.float32)).dtype
+        dtype = model_dtype_device(script, torch.float32)[0]
         with torch.no_grad():
             for seed in _VERIFY_SEEDS:
                 gen = torch.Generator().manual_seed(seed)
