@@ -205,7 +205,7 @@ def load_training_data(
     from .. import load_model
 
     shape = parse_shape(input_shape) if input_shape is not None else None
-    model = load_model(model_path)
+    model = load_model(model_path, input_shape=shape)
     data = load_array(data_path, "data")
     chain = analyse_model(model, shape, data, "--data")
     X = fit_to_shape(data, chain.input_shape, "data", data_path)

@@ -96,9 +96,9 @@ def build(args: argparse.Namespace) -> Any:
     from .. import load_model
     from ..experiments.seed import load_split
 
-    model = load_model(args.model)
-    train, test = load_split(args.dataset or "mnist5k", None, None, args.seed)
     shape = parse_shape(args.input_shape) if args.input_shape else None
+    model = load_model(args.model, input_shape=shape)
+    train, test = load_split(args.dataset or "mnist5k", None, None, args.seed)
     return explorer_for(
         model,
         train.images,

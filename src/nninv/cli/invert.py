@@ -349,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")
 
-    model = load_model(args.model)
+    model = load_model(args.model, input_shape=shape)
     param = next(iter(model.parameters()), None)
     mdtype = param.dtype if param is not None else torch.get_default_dtype()
     X = None

@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise NNInvError(f"--n must be a positive integer, got {args.n}")
     bounds = parse_pair(args.bounds, "--bounds") if args.bounds is not None else None
     shape = parse_shape(args.input_shape) if args.input_shape is not None else None
-    model = load_model(args.model)
     flow = ConditionalFlow.load(args.flow)
+    model = load_model(args.model, input_shape=shape or flow.input_shape)
     chain = analyse_model(model, shape or flow.input_shape, None, "--input-shape")
     flow.decoder.check_model(chain.input_shape, chain.output_shape)
     y = load_array(args.outputs, "outputs")

@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             raise NNInvError("with MODEL, give the input x0 with --input X.npy")
         given = parse_shape(args.input_shape) if args.input_shape is not None else None
         x_in = load_array(args.input, "input", "--input")
-        model = load_model(args.model)
+        model = load_model(args.model, input_shape=given)
         shape = analyse_model(model, given, x_in, "--input").input_shape
         x0 = fit_to_shape(x_in, shape, "input", args.input)[:1]
         data = None
