@@ -268,3 +268,32 @@ def test_explore_builds_from_the_files_named_on_the_command_line(tmp_path):
     args = build_parser().parse_args(["explore", str(tmp_path / "missing.pt")])
     with pytest.raises((FileNotFoundError, ValueError)):
         explore.build(args)
+
+
+def test_output_bars_follow_the_signed_value():
+    # the page's bar lengths (static/app.js barGeometry), run in node: the winning logit's
+    # bar is the longest, a negative one shorter than any larger value's
+    import json
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import nninv.explorer
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed; the bar geometry is JavaScript")
+    js = (Path(nninv.explorer.__file__).parent / "static" / "app.js").read_text()
+    fn = re.search(r"function barGeometry\(y\) \{.*?\n\}\n", js, re.S)
+    assert fn is not None, "app.js lost barGeometry"
+    cases = [[-7.97, 6.78, 0.5, -1.0], [0.1, 0.7, 0.2]]
+    script = fn.group(0) + f"console.log(JSON.stringify({json.dumps(cases)}.map(barGeometry)));"
+    out = json.loads(
+        subprocess.run([node, "-e", script], capture_output=True, check=True, text=True).stdout
+    )
+    logits, probs = out
+    assert logits["widths"] == pytest.approx([0.0, 100.0, 100 * 8.47 / 14.75, 100 * 6.97 / 14.75])
+    assert logits["zero"] == pytest.approx(100 * 7.97 / 14.75)
+    # probabilities: proportional to the value, zero at the left edge
+    assert probs["widths"] == pytest.approx([100 / 7, 100.0, 200 / 7]) and probs["zero"] == 0
