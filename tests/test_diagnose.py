@@ -172,3 +172,13 @@ def test_cli_diagnose_saturated_seed_file(tmp_path, with_data):
     with contextlib.redirect_stdout(out):
         assert main(argv) == 0
     assert "774-dimensional" in out.getvalue() and "rank 10)" in out.getvalue()
+
+
+def test_output_range_message_says_layer_once():
+    from nninv import invert
+
+    f = nn.Sequential(nn.Linear(4, 2), nn.Sigmoid())
+    with pytest.raises(NNInvError) as e:
+        invert(f, torch.tensor([[0.5, 1.5]]), method="pinv")
+    assert "layer layer" not in str(e.value)
+    assert "layer 1 '1' (Sigmoid), the output layer" in str(e.value)

@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             )
     X = np.asarray(X, dtype=np.float64)
     found, diffs = [], []
+    was, became, dists = [], [], []  # captions: the classes and the distance
     print(
         f"{'#':>3} {'class':>5} {'target':>6} {'status':>11} {'distance':>10} {'bound':>10} "
         f"{'seconds':>8}"
@@ -192,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
             f"{res.info['seconds']:>8.2f}",
             flush=True,
         )
+        was.append(f"class {int(order[0])}")
+        found_any = res.x is not None
+        became.append(f"class {c}" if found_any else f"class {c}: none")
+        dists.append(f"{args.norm} {res.distance:.3g}" if found_any else "-")
         if res.x is None:
             found.append(np.full_like(x0, np.nan))
             diffs.append(np.zeros_like(x0))
@@ -218,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         title=title,
         value_range=(lo, hi),
         diverging=["difference"],
+        captions={"original": was, "closest": became, "difference": dists},
     )
     print(f"figure: {fig}")
     print(f"inputs: {out / 'closest.npy'}")
