@@ -182,3 +182,14 @@ def test_output_range_message_says_layer_once():
         invert(f, torch.tensor([[0.5, 1.5]]), method="pinv")
     assert "layer layer" not in str(e.value)
     assert "layer 1 '1' (Sigmoid), the output layer" in str(e.value)
+
+
+def test_relu_on_the_whole_space_keeps_its_active_axes():
+    # Linear(6, 4) is onto R^4; ReLU keeps the 2 active units' axes; the head sees both
+    lin = nn.Linear(6, 4).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(6)[:4].double())
+        lin.bias.copy_(torch.tensor([0.0, 0.0, -10.0, -10.0], dtype=torch.float64))
+    f = nn.Sequential(lin, nn.ReLU(), nn.Linear(4, 3).double())
+    d = diagnose(f, torch.full((1, 6), 0.5, dtype=torch.float64))
+    assert d.preimage_dim == 6 - 2 and d.preimage_dim_exact

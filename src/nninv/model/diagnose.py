@@ -451,8 +451,13 @@ def _chain_rank(chain: Any, x0: Tensor) -> int | None:
                 # a positive diagonal: the rank is unchanged and the whole space maps onto itself
                 if Q is not None and not last:
                     Q = _orth(dz.abs().clamp_min(torch.finfo(torch.float64).tiny)[:, None] * Q, r)
+            elif Q is None:
+                # a 0/1 diagonal on the whole space: its range is the active units' axes
+                active = dz != 0
+                r = int(active.sum())
+                Q = None if r == d_here else torch.eye(d_here, dtype=torch.float64)[:, active]
             else:
-                M = torch.diag(dz) if Q is None else dz[:, None] * Q
+                M = dz[:, None] * Q
                 U, s, _ = torch.linalg.svd(M, full_matrices=False)
                 r = _count(s, max(M.shape) * eps)
                 Q = None if r == d_here else U[:, :r]
