@@ -382,7 +382,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")
-    refuse_overwrite(out, args)
 
     model = load_model(args.model, input_shape=shape)
     param = next(iter(model.parameters()), None)
@@ -449,6 +448,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.coarse is not None:
         raise NNInvError(f"--coarse applies to method optimize, not {method}")
     torch.manual_seed(args.seed)
+    refuse_overwrite(out, args)  # after every usage check, before any work
     if scaled:
         return run_scaled(args, model, in_shape, method, prior, options)
     with warnings.catch_warnings(record=True) as caught:
