@@ -423,5 +423,6 @@ def test_cli_invert_coarse_option(onnx, tmp_path):
     ]:
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            bad = main([str(a) for a in [*argv[:-2], *extra, "--out", out]])
+            # --overwrite: the first run's x.npy is there, and the --coarse error is the point
+            bad = main([str(a) for a in [*argv[:-2], *extra, "--out", out, "--overwrite"]])
         assert bad == 2 and msg in err.getvalue(), err.getvalue()

@@ -179,3 +179,32 @@ def test_training_is_seeded():
     a = _demo.train_seed_model(x, y, epochs=1, seed=3)
     b = _demo.train_seed_model(x, y, epochs=1, seed=3)
     np.testing.assert_array_equal(a[0].weight.detach().numpy(), b[0].weight.detach().numpy())
+
+
+def _help(command: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([command, "--help"])
+    return out.getvalue()
+
+
+def test_help_texts_are_true():
+    invert_help = _help("invert")
+    # the example's line continuation is shown, not swallowed into a run of spaces
+    assert not re.search(r"--samples 8 {2,}--prior", invert_help)
+    assert "--samples 8 \\\n" in invert_help
+    for command in ("diagnose", "train-decoder", "train-flow", "posterior", "invert"):
+        assert ".skops" in _help(command), command
+    demo = _help("demo")
+    assert "decoder" in demo and "--decoder-epochs" in demo
+    # --components has one default everywhere: the CLI's, README's and the demo's 20
+    assert "(default: 20" in invert_help and "(default: 20" in _help("preimage")
+    assert _demo.DemoConfig().components == 20
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "opens the browser" not in readme and "open the browser" not in readme
+
+
+def test_demo_unknown_dataset_prints_only_its_error():
+    code, out, err = run_cli(["demo", "--dataset", "nope"])
+    assert code == 2 and out == ""
+    assert "unknown data set 'nope'" in err

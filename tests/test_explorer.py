@@ -216,6 +216,14 @@ def test_curved_model_uses_the_gauss_newton_projection():
     x[:8] = 1.0
     p = client.post("/api/project", json={"view": v["view"], "x": x.tolist()}).json()
     assert p["residual"] <= 1e-8 and p["residual_drawn"] > p["residual"]
+    # the closed-form inversions follow in the background: the select did not wait for them
+    import threading
+
+    assert all(inv["x"] is None and "background" in inv["error"] for inv in v["inversions"])
+    for t in [t for t in threading.enumerate() if t.name == "nninv-inversions"]:
+        t.join(60)
+    again = client.post("/api/select", json={"image": 0}).json()
+    assert {inv["name"] for inv in again["inversions"] if inv["x"] is not None} >= {"pinv"}
 
 
 def test_explore_without_the_extra_says_how_to_install(monkeypatch, capsys):
@@ -268,3 +276,49 @@ def test_explore_builds_from_the_files_named_on_the_command_line(tmp_path):
     args = build_parser().parse_args(["explore", str(tmp_path / "missing.pt")])
     with pytest.raises((FileNotFoundError, ValueError)):
         explore.build(args)
+
+
+def test_output_bars_follow_the_signed_value():
+    # the page's bar lengths (static/app.js barGeometry), run in node: the winning logit's
+    # bar is the longest, a negative one shorter than any larger value's
+    import json
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import nninv.explorer
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed; the bar geometry is JavaScript")
+    js = (Path(nninv.explorer.__file__).parent / "static" / "app.js").read_text()
+    fn = re.search(r"function barGeometry\(y\) \{.*?\n\}\n", js, re.S)
+    assert fn is not None, "app.js lost barGeometry"
+    cases = [[-7.97, 6.78, 0.5, -1.0], [0.1, 0.7, 0.2]]
+    script = fn.group(0) + f"console.log(JSON.stringify({json.dumps(cases)}.map(barGeometry)));"
+    out = json.loads(
+        subprocess.run([node, "-e", script], capture_output=True, check=True, text=True).stdout
+    )
+    logits, probs = out
+    assert logits["widths"] == pytest.approx([0.0, 100.0, 100 * 8.47 / 14.75, 100 * 6.97 / 14.75])
+    assert logits["zero"] == pytest.approx(100 * 7.97 / 14.75)
+    # probabilities: proportional to the value, zero at the left edge
+    assert probs["widths"] == pytest.approx([100 / 7, 100.0, 200 / 7]) and probs["zero"] == 0
+
+
+def test_default_explorer_trains_its_decoder_in_the_background():
+    import threading
+
+    from nninv.explorer import default_explorer
+
+    ex = default_explorer(
+        epochs=1, n_prior=300, components=2, decoder_epochs=1, n_images=5, background_decoder=True
+    )
+    view = ex.view_image(0)  # the page works before the decoder is there
+    worker = next((t for t in threading.enumerate() if t.name == "nninv-decoder"), None)
+    if worker is not None:
+        worker.join(120)
+    assert ex.decoder is not None
+    assert view.inversions["decoder"].x is not None  # attached to the views already built
+    assert "decoder" in ex.view_image(1).inversions

@@ -209,3 +209,81 @@ def test_save_vectors_errors(tmp_path, rows, kwargs, match):
     with pytest.raises(NNInvError, match=match):
         save_vectors(rows, tmp_path / "e.png", **kwargs)
     assert not (tmp_path / "e.png").exists()
+
+
+def _capture(monkeypatch):
+    """Keep the matplotlib Figure each save writes, to read its texts back."""
+    import nninv.figures as figures
+
+    seen = []
+    real = figures._save
+
+    def keep(fig, path):
+        seen.append(fig)
+        return real(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    return seen
+
+
+def _texts(fig) -> dict[str, list[str]]:
+    axes = fig.axes
+    return {
+        "rows": [ax.get_ylabel() for ax in axes if ax.get_ylabel()],
+        "captions": [ax.get_xlabel() for ax in axes if ax.get_xlabel()],
+        "title": [fig._suptitle.get_text()] if fig._suptitle else [],
+    }
+
+
+def test_save_grid_captions_under_images(tmp_path, monkeypatch):
+    seen = _capture(monkeypatch)
+    save_grid(
+        {"original": digits(3), "closest": digits(3)},
+        tmp_path / "g.png",
+        captions={"original": ["class 1", "class 2", "class 3"], "closest": ["a", "b"]},
+    )
+    t = _texts(seen[0])
+    assert t["captions"] == ["class 1", "class 2", "class 3", "a", "b"]
+    with pytest.raises(NNInvError, match="captions for rows not given: nope"):
+        save_grid({"a": digits(2)}, tmp_path / "h.png", captions={"nope": ["x"]})
+
+
+def test_wrapped_title_keeps_a_name_with_its_number(tmp_path, monkeypatch):
+    seen = _capture(monkeypatch)
+    nb = "\u00a0"
+    title = (
+        "48 different inputs, one output: max |f(x) - f(x0)| = 2.1e-13 (a 774-dimensional "
+        f"set); uniform{nb}R-hat{nb}1.03, gaussian prior{nb}R-hat{nb}1.01"
+    )
+    save_grid({"x0": digits(2)}, tmp_path / "t.png", title=title)
+    lines = _texts(seen[0])["title"][0].split("\n")
+    assert len(lines) > 1
+    for line in lines:
+        assert not line.endswith("R-hat") and not line.startswith(("1.03", "1.01", "hat"))
+
+
+def test_cli_invert_figure_names_rows_and_classes(tmp_path, monkeypatch):
+    import contextlib
+    import io
+
+    from torch import nn
+
+    from nninv.cli import main
+
+    seen = _capture(monkeypatch)
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(64, 10), nn.Sigmoid())
+    torch.jit.script(f).save(str(tmp_path / "m.pt"))
+    argv = ["invert", str(tmp_path / "m.pt"), "--target", "class=3,7,1", "--out"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([*argv, str(tmp_path / "x.npy")]) == 0
+    t = _texts(seen[-1])
+    assert t["rows"] == ["inputs 0-2"]
+    assert t["captions"] == ["class 3", "class 7", "class 1"]
+
+
+def test_demo_rows_show_psnr_and_residual():
+    from nninv.experiments.seed import MethodResult, _row_label
+
+    r = MethodResult("pinv", torch.zeros(1, 28, 28), 3e-13, 12.34, 0.5, 0.8, 1, 0.1)
+    assert _row_label(r) == "pinv\nPSNR 12.3 dB\nres. 3e-13"

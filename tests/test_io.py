@@ -1011,3 +1011,54 @@ def test_torchscript_saved_shape_is_kept(tmp_path):
     model = load_model(tmp_path / "m.pt")
     assert isinstance(model, nn.Sequential) and model.input_shape == (784,)
     assert isinstance(model.input_shape, tuple)
+
+
+def _ts_bn_cnn(side: int = 28) -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * (side // 2) ** 2, 3),
+    )
+    with torch.no_grad():  # running statistics that are not the defaults
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_bn_cnn_rebuilt_with_given_input_shape(tmp_path, how):
+    module = _ts_bn_cnn()
+    if how == "script":
+        torch.jit.save(torch.jit.script(module), str(tmp_path / "m.pt"))
+    else:
+        torch.jit.save(torch.jit.trace(module, torch.randn(2, 1, 28, 28)), str(tmp_path / "m.pt"))
+    assert isinstance(load_model(tmp_path / "m.pt"), torch.jit.ScriptModule)
+    model = load_model(tmp_path / "m.pt", input_shape=(1, 28, 28))
+    assert isinstance(model, nn.Sequential) and model.input_shape == (1, 28, 28)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert _ts_max_diff(model, module, (1, 28, 28)) <= TS_TOL["outputs"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_cli_invert_torchscript_bn_cnn_batchnorm_prior(tmp_path):
+    import contextlib
+    import io
+
+    from nninv.cli import main
+
+    torch.jit.save(torch.jit.script(_ts_bn_cnn(8)), str(tmp_path / "bncnn.pt"))
+    argv = ["invert", str(tmp_path / "bncnn.pt"), "--target", "class=0,1", "--prior", "batchnorm"]
+    argv += ["--out", str(tmp_path / "x.npy")]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(argv) == 2  # no shape: the script stays opaque, and the error says why
+    assert "--input-shape" in err.getvalue()
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main([*argv, "--input-shape", "1,8,8"]) == 0
+    assert np.load(tmp_path / "x.npy").shape == (2, 1, 8, 8)

@@ -151,3 +151,21 @@ def test_cli_target_with_batch_size_is_refused(run_cli, seed_model, tmp_path):
         ["invert", model, "--target", "class=1", "--batch-size", 4, "--out", tmp_path / "x"]
     )
     assert code == 2 and "invert --outputs, not --target" in err
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_cli_refuses_to_overwrite_a_result(tmp_path, streamed):
+    f = _seed_model()
+    model = tmp_path / "f.pt"
+    torch.jit.save(torch.jit.script(f.eval()), str(model))
+    path, _ = _outputs(tmp_path, f)
+    argv = ["invert", model, "--outputs", path, "--method", "pinv", "--out", tmp_path / "x.npy"]
+    if streamed:
+        argv += ["--batch-size", 5]
+    assert _cli(argv)[0] == 0
+    before = (tmp_path / "x.npy").stat().st_mtime_ns
+    code, _, err = _cli(argv)
+    assert code == 2 and "already exists; pass --overwrite to replace it" in err
+    assert (tmp_path / "x.npy").stat().st_mtime_ns == before
+    code, _, err = _cli([*argv, "--overwrite"])
+    assert code == 0, err

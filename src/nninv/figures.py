@@ -45,7 +45,8 @@ def _fit_title(fig: Figure, title: str) -> None:
     lines = 1
     if need > width:
         chars = max(10, int(len(title) * (width - 0.3) / (need - 0.3)))
-        wrapped = textwrap.wrap(title, chars)
+        # break only at spaces: "R-hat" stays one word (a no-break space binds a number)
+        wrapped = textwrap.wrap(title, chars, break_on_hyphens=False)
         lines = len(wrapped)
         text.set_text("\n".join(wrapped))
     fig.set_size_inches(width, height + 0.22 * (lines - 1))
@@ -143,6 +144,7 @@ def save_grid(
     vmin: float = 0.0,
     vmax: float = 1.0,
     clip: bool = True,
+    captions: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """Save batches of images as a grid, one labelled row per batch.
 
@@ -171,6 +173,9 @@ def save_grid(
         False, grey images mark them in colour, blue below and red above, so
         that an inversion leaving the valid range shows where; colour images
         are always clipped.
+    captions : mapping of str to sequence of str, optional
+        Row label to one caption per image, written under each image (a class,
+        a distance). A row label may hold line breaks (a method and its score).
 
     Returns
     -------
@@ -181,7 +186,8 @@ def save_grid(
     ------
     NNInvError
         If ``rows`` is empty, a batch cannot be read as images (the message
-        names the row and its shape), ``ncols < 1`` or ``vmin >= vmax``.
+        names the row and its shape), ``ncols < 1``, ``vmin >= vmax``, or
+        ``captions`` names a row not in ``rows``.
 
     Examples
     --------
@@ -205,15 +211,21 @@ def save_grid(
         ncols = max(1, *(len(batch) for batch in images.values()))
     else:
         ncols = positive_int(ncols, "save_grid: ncols")
+    notes = {str(k): [str(c) for c in v] for k, v in (captions or {}).items()}
+    unknown = [k for k in notes if k not in images]
+    if unknown:
+        raise NNInvError(f"save_grid: captions for rows not given: {', '.join(unknown)}")
 
     cmap = colormaps["gray"]
     if not clip:
         cmap = cmap.with_extremes(under="tab:blue", over="tab:red")
     # Each row as tall as its images are relative to their width.
-    heights = [batch.shape[1] / batch.shape[2] for batch in images.values()]
+    heights = [
+        batch.shape[1] / batch.shape[2] + 0.22 * (label in notes) for label, batch in images.items()
+    ]
     # The width follows the columns actually used and the longest row label.
     used = min(ncols, max(len(batch) for batch in images.values()))
-    label_inches = 0.1 + 0.075 * max(len(label) for label in images)
+    label_inches = 0.1 + 0.075 * max(len(line) for label in images for line in label.split("\n"))
     fig = Figure(
         figsize=(
             _CELL_INCHES * used + label_inches + 0.2,
@@ -231,6 +243,8 @@ def save_grid(
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_visible(False)
+            if label in notes and j < len(notes[label]):
+                ax.set_xlabel(notes[label][j], fontsize=7, labelpad=1)
             if j < len(batch):
                 img = batch[j]
                 if img.ndim == 3:

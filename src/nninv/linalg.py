@@ -10,7 +10,14 @@ reported, never silently dropped.
 
 from __future__ import annotations
 
-__all__ = ["Factor", "factor", "gauss_newton_onto", "gauss_newton_solve", "orthonormal_rows"]
+__all__ = [
+    "Factor",
+    "factor",
+    "gauss_newton_onto",
+    "gauss_newton_solve",
+    "orthonormal_rows",
+    "spd_solve",
+]
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,6 +153,25 @@ def orthonormal_rows(M: Tensor) -> Tensor:
     return factor(M).Vh
 
 
+def spd_solve(M: Tensor, r: Tensor) -> Tensor:
+    """``M^-1 r`` for a batch of damped symmetric positive semi-definite ``M`` (k, s, s).
+
+    A Cholesky solve: for ``s`` in the thousands (a hidden layer of a CNN) it is
+    about a hundred times cheaper than the eigendecomposition of ``pinv``, which
+    is kept for the matrices whose factorisation fails (numerically singular).
+    """
+    L, info = torch.linalg.cholesky_ex(M)
+    bad = info != 0
+    if bool(bad.any()):
+        lam = torch.empty_like(r)
+        good = ~bad
+        if bool(good.any()):
+            lam[good] = torch.cholesky_solve(r[good].unsqueeze(-1), L[good]).squeeze(-1)
+        lam[bad] = (torch.linalg.pinv(M[bad], hermitian=True) @ r[bad].unsqueeze(-1)).squeeze(-1)
+        return lam
+    return torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
+
+
 def gauss_newton_onto(
     B: Tensor,
     d: Tensor,
@@ -189,12 +215,11 @@ def gauss_newton_onto(
             (gp,) = torch.autograd.grad(ga.sum(), ua)
         ua = ua.detach()
         ra, da = res[active], d[active]
-        JJt = torch.einsum("rk,nk,sk->nrs", B, gp * gp, B)
+        JJt = (B * (gp * gp)[:, None, :]) @ B.T
         # Levenberg-Marquardt damping keeps saturated units (g' ~ 0) from making it singular
         scale = JJt.diagonal(dim1=1, dim2=2).amax(1).clamp(min=torch.finfo(B.dtype).tiny)
         JJt = JJt + (1e-12 * scale)[:, None, None] * eye
-        lam = torch.linalg.pinv(JJt, hermitian=True) @ ra.unsqueeze(-1)
-        lam = lam.squeeze(-1)
+        lam = spd_solve(JJt, ra)
         step = gp * (lam @ B)
         t = torch.ones(ua.shape[0], 1, dtype=u.dtype, device=u.device)
         old = ra.norm(dim=1)
@@ -259,7 +284,7 @@ def gauss_newton_solve(
         scale = JMJt.diagonal(dim1=1, dim2=2).amax(1).clamp(min=torch.finfo(x.dtype).tiny)
         eye = torch.eye(J.shape[1], dtype=x.dtype, device=x.device)
         JMJt = JMJt + (1e-12 * scale)[:, None, None] * eye
-        lam = (torch.linalg.pinv(JMJt, hermitian=True) @ ra.unsqueeze(-1)).squeeze(-1)
+        lam = spd_solve(JMJt, ra)
         step = (MJt @ lam.unsqueeze(-1)).squeeze(-1)
         t = torch.ones(xa.shape[0], 1, dtype=x.dtype, device=x.device)
         old = ra.norm(dim=1)

@@ -15,6 +15,7 @@ __all__ = [
     "load_training_data",
     "parse_pair",
     "parse_shape",
+    "plural",
     "save_samples",
 ]
 
@@ -28,6 +29,11 @@ import numpy as np
 from torch import nn
 
 from ..errors import NNInvError
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 sample"``, ``"3 samples"``: a count with its noun."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def load_array(path: str | Path, what: str, option: str | None = None) -> np.ndarray:
@@ -205,7 +211,7 @@ def load_training_data(
     from .. import load_model
 
     shape = parse_shape(input_shape) if input_shape is not None else None
-    model = load_model(model_path)
+    model = load_model(model_path, input_shape=shape)
     data = load_array(data_path, "data")
     chain = analyse_model(model, shape, data, "--data")
     X = fit_to_shape(data, chain.input_shape, "data", data_path)
@@ -242,6 +248,7 @@ def save_samples(
     value_range: tuple[float, float] | None = None,
     ncols: int | None = None,
     diverging: Sequence[str] = (),
+    captions: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """Save rows of inputs shaped ``(N, *shape)`` as a figure fitted to that shape.
 
@@ -251,6 +258,7 @@ def save_samples(
     :func:`~nninv.figures.save_vectors` as heat strips, with the rows named in
     ``diverging`` on their own scale about 0. Rows named in ``diverging`` are
     differences: as images they are drawn grey at 0, scaled per image.
+    ``captions`` (row label to one caption per image) go under the images.
     """
     from ..figures import save_grid, save_vectors
 
@@ -288,5 +296,12 @@ def save_samples(
         scale = np.maximum(np.abs(d).max(1, keepdims=True), 1e-12)
         images[k] = (lo + (hi - lo) * (0.5 + 0.5 * d / scale)).reshape(images[k].shape)
     return save_grid(
-        images, path, ncols=ncols, image_shape=image_shape, title=title, vmin=lo, vmax=hi
+        images,
+        path,
+        ncols=ncols,
+        image_shape=image_shape,
+        title=title,
+        vmin=lo,
+        vmax=hi,
+        captions=captions,
     )

@@ -9,10 +9,15 @@ memory.
 
 from __future__ import annotations
 
-__all__ = ["STREAM_ROWS", "add_scale_arguments", "check_scale_options", "run_scaled"]
+__all__ = [
+    "STREAM_ROWS",
+    "add_scale_arguments",
+    "check_scale_options",
+    "refuse_overwrite",
+    "run_scaled",
+]
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ import numpy as np
 
 from ..checks import positive_int
 from ..errors import NNInvError
+from ._common import plural
 
 #: Outputs files with more rows than this are streamed whatever the options.
 STREAM_ROWS = 100_000
@@ -87,6 +93,30 @@ def check_scale_options(args: argparse.Namespace) -> bool:
     return asked or (rows is not None and rows > STREAM_ROWS)
 
 
+def refuse_overwrite(out: Path, args: argparse.Namespace) -> None:
+    """Stop before anything runs when ``--out`` already holds a result.
+
+    A result can be hours of work (a streamed run writes hundreds of MB): it is
+    replaced only with ``--overwrite``, or continued with ``--resume``.
+    """
+    if args.overwrite or args.resume:
+        return
+    if args.ray:
+        folder = Path(args.out)
+        taken = folder.is_dir() and any(folder.iterdir())
+        what = f"--out '{folder}' is a folder that already holds files"
+    else:
+        stem = out.name[: -len(".npy")]
+        found = [p for p in (out, out.with_name(stem + ".residual.npy")) if p.exists()]
+        taken = bool(found)
+        what = f"'{found[0]}' already exists" if found else ""
+    if taken:
+        raise NNInvError(
+            f"{what}; pass --overwrite to replace it"
+            + ("" if args.ray else ", or --resume to continue a streamed run that stopped")
+        )
+
+
 def run_scaled(
     args: argparse.Namespace,
     model: Any,
@@ -114,7 +144,7 @@ def run_scaled(
             **options,
         )
         n, n_ok, rmax = run.n, run.n_converged, run.max_residual
-        print(f"method {method}: {n} samples, {n_ok} converged, max residual {rmax:.3g}")
+        print(f"method {method}: {plural(n, 'sample')}, {n_ok} converged, max residual {rmax:.3g}")
         print(f"wrote {len(run.files)} Parquet file(s) to {run.out}")
         return 0 if n_ok == n else 1
     res = invert_file(
@@ -127,14 +157,14 @@ def run_scaled(
         tol=args.tol,
         input_shape=in_shape,
         resume=args.resume,
-        progress=sys.stderr.isatty(),
+        progress=True,
         **options,
     )
     if res.resumed_from:
         print(f"resumed after {res.resumed_from} rows already in {res.x_path}")
     print(
-        f"method {res.method}: {res.n} samples, {res.n_converged} converged, max residual "
-        f"{res.max_residual:.3g} (tol {res.tol:g})"
+        f"method {res.method}: {plural(res.n, 'sample')}, {res.n_converged} converged, "
+        f"max residual {res.max_residual:.3g} (tol {res.tol:g})"
     )
     if res.first_failure is not None:
         i, reason = res.first_failure

@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     label = _target(args.target)
     model, X = _model_and_inputs(args, lo, hi)
     found, diffs = [], []
+    was, became, dists = [], [], []  # captions: the classes and the distance
     print(
         f"{'#':>3} {'class':>5} {'target':>6} {'status':>11} {'distance':>10} {'bound':>10} "
         f"{'seconds':>8}"
@@ -160,6 +161,10 @@ def run(args: argparse.Namespace) -> int:
             f"{res.info['seconds']:>8.2f}",
             flush=True,
         )
+        was.append(f"class {int(order[0])}")
+        found_any = res.x is not None
+        became.append(f"class {c}" if found_any else f"class {c}: none")
+        dists.append(f"{args.norm} {res.distance:.3g}" if found_any else "-")
         if res.x is None:
             found.append(np.full_like(x0, np.nan))
             diffs.append(np.zeros_like(x0))
@@ -167,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
             x = res.x.reshape(x0.shape).numpy()
             found.append(x)
             diffs.append(x - x0)
-    _save(args, X, np.stack(found), np.stack(diffs), lo, hi)
+    captions = {"original": was, "closest": became, "difference": dists}
+    _save(args, X, np.stack(found), np.stack(diffs), lo, hi, captions)
     return 0
 
 
@@ -197,7 +203,7 @@ def _model_and_inputs(args: argparse.Namespace, lo: float, hi: float) -> tuple[A
             raise NNInvError("with MODEL, give the inputs with --input X.npy")
         given = parse_shape(args.input_shape) if args.input_shape is not None else None
         x_in = load_array(args.input, "input", "--input")
-        model = load_model(args.model)
+        model = load_model(args.model, input_shape=given)
         shape = analyse_model(model, given, x_in, "--input").input_shape
         X = fit_to_shape(x_in, shape, "input", args.input)[: args.count]
         outside = (X < lo) | (X > hi)
@@ -217,8 +223,10 @@ def _save(
     diffs: np.ndarray,
     lo: float,
     hi: float,
+    captions: dict[str, list[str]],
 ) -> None:
-    """Write closest.npy (NaN rows where nothing was found) and the figure."""
+    """Write closest.npy (NaN rows where nothing was found) and the figure, each
+    image captioned with its class and the distance."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shape = tuple(X.shape[1:])
@@ -237,6 +245,7 @@ def _save(
         title=title,
         value_range=(lo, hi),
         diverging=["difference"],
+        captions=captions,
     )
     print(f"figure: {fig}")
     print(f"inputs: {out / 'closest.npy'}")

@@ -35,7 +35,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "model", metavar="MODEL", help="model file: .keras, .h5, .onnx or TorchScript .pt/.pth"
+        "model",
+        metavar="MODEL",
+        help="model file: .keras, .h5, .onnx, TorchScript .pt/.pth or a scikit-learn MLP .skops",
     )
     parser.add_argument(
         "--data",
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import diagnose, load_model
 
     shape = parse_shape(args.input_shape) if args.input_shape is not None else None
-    model = load_model(args.model)
+    model = load_model(args.model, input_shape=shape)
     data = load_array(args.data, "data") if args.data is not None else None
     shape = analyse_model(model, shape, data, "--data").input_shape
     if data is not None:

@@ -53,7 +53,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--decoder", metavar="FILE", help="a decoder saved by train-decoder")
     parser.add_argument(
-        "--no-decoder", action="store_true", help="without MODEL: train no decoder (faster start)"
+        "--no-decoder",
+        action="store_true",
+        help="without MODEL: train no decoder (it is otherwise trained in the background "
+        "after the page is up, and its row appears when done)",
     )
     parser.add_argument("--input-shape", metavar="C,H,W", help="when the model does not tell it")
     parser.add_argument(
@@ -81,7 +84,10 @@ def build(args: argparse.Namespace) -> Any:
         if args.data or args.dataset or args.decoder or args.input_shape:
             raise NNInvError("--data, --dataset, --decoder and --input-shape need a MODEL")
         return default_explorer(
-            seed=args.seed, decoder_epochs=0 if args.no_decoder else 10, progress=True
+            seed=args.seed,
+            decoder_epochs=0 if args.no_decoder else 10,
+            progress=True,
+            background_decoder=True,
         )
     from ..learned import Decoder
     from ._common import load_training_data, parse_shape
@@ -96,9 +102,9 @@ def build(args: argparse.Namespace) -> Any:
     from .. import load_model
     from ..experiments.seed import load_split
 
-    model = load_model(args.model)
-    train, test = load_split(args.dataset or "mnist5k", None, None, args.seed)
     shape = parse_shape(args.input_shape) if args.input_shape else None
+    model = load_model(args.model, input_shape=shape)
+    train, test = load_split(args.dataset or "mnist5k", None, None, args.seed)
     return explorer_for(
         model,
         train.images,

@@ -29,9 +29,10 @@ from ._common import (
     load_array,
     parse_pair,
     parse_shape,
+    plural,
     save_samples,
 )
-from ._stream import add_scale_arguments, check_scale_options, run_scaled
+from ._stream import add_scale_arguments, check_scale_options, refuse_overwrite, run_scaled
 
 #: Images shown in the PNG grid beside the output: at most ``_ROWS`` rows of ``_COLS``.
 _COLS, _ROWS = 10, 5
@@ -75,7 +76,7 @@ examples:
   nninv invert mnist.keras --outputs y.npy --prior-data train.npy --out x.npy
   nninv invert mnist.onnx --target class=3,7 --prior-data train.npy --out x.npy
   nninv invert mnist.onnx --outputs y.npy --decoder dec.safetensors --out x.npy
-  nninv invert bn_cnn.onnx --target class=0,1,2,3,4,5,6,7,8,9 --samples 8 \
+  nninv invert bn_cnn.onnx --target class=0,1,2,3,4,5,6,7,8,9 --samples 8 \\
       --prior batchnorm --bounds 0,1 --confidence 0.9999 --out x.npy
   nninv invert mnist.onnx --outputs big.npy --batch-size 8192 --out x.npy [--resume]
   nninv invert mnist.onnx --outputs 'parts/*.npy' --ray --address auto --out results/"""
@@ -111,6 +112,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--out", required=True, metavar="X.npy", help="where to write the inputs found (.npy)"
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (without it, or --resume, an existing result is kept "
+        "and the command stops)",
+    )
+    parser.add_argument(
         "--method",
         default="auto",
         metavar="M",
@@ -143,7 +150,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--components",
         type=int,
         metavar="K",
-        help="mixture components, with --prior mixture (default: 10)",
+        help="mixture components, with --prior mixture (default: 20, as the demo)",
     )
     parser.add_argument(
         "--coarse",
@@ -287,7 +294,7 @@ def _fit_prior(args: argparse.Namespace, X: np.ndarray, in_shape: tuple[int, ...
     try:
         if (args.prior or "gaussian") == "gaussian":
             return GaussianPrior.fit(X)
-        k = args.components if args.components is not None else 10
+        k = args.components if args.components is not None else 20
         return GaussianMixturePrior.fit(X, n_components=k, seed=args.seed)
     except NNInvError as e:
         raise NNInvError(f"prior data file '{args.prior_data}': {e}") from None
@@ -304,21 +311,48 @@ def _save_figure(
     method: str,
     value_range: tuple[float, float] | None,
     per_class: tuple[list[int], int] | None = None,
+    classes: list[int] | None = None,
 ) -> Path:
-    """Images as a grid, other inputs (tabular) as heat strips: a row per class or per 10."""
+    """Images as a grid, other inputs (tabular) as heat strips: a row per class or per 10.
+
+    Rows are named by the inputs they hold (``inputs 0-9``); with class targets
+    (``classes``, one per input) each image is captioned with its class.
+    """
     cols = min(_COLS, len(x))
+    captions = None
     if per_class is not None:  # a row per class: (labels, samples per class)
         labels, cols = per_class
         shown = x[: cols * _ROWS * 2]
         rows = {f"class {labels[i]}": shown[i : i + cols] for i in range(0, len(shown), cols)}
     elif image_view(x[:1], in_shape) is not None:
         shown = x[: _COLS * _ROWS]
-        rows = {f"#{i}": shown[i : i + _COLS] for i in range(0, len(shown), _COLS)}
+        rows = {
+            _span(i, len(shown[i : i + _COLS])): shown[i : i + _COLS]
+            for i in range(0, len(shown), _COLS)
+        }
+        if classes is not None:
+            captions = {
+                k: [f"class {c}" for c in classes[i : i + _COLS]]
+                for k, i in zip(rows, range(0, len(shown), _COLS))
+            }
     else:
         shown = x[: _COLS * _ROWS]
-        rows = {f"#0-{len(shown) - 1}": shown}
+        rows = {_span(0, len(shown)): shown}
     title = f"nninv invert, method {method}: {len(shown)} of {len(x)} inputs"
-    return save_samples(rows, path, in_shape, title=title, value_range=value_range, ncols=cols)
+    return save_samples(
+        rows,
+        path,
+        in_shape,
+        title=title,
+        value_range=value_range,
+        ncols=cols,
+        captions=captions,
+    )
+
+
+def _span(start: int, count: int) -> str:
+    """A row label naming the inputs it holds: ``input 0``, ``inputs 0-9``."""
+    return f"input {start}" if count == 1 else f"inputs {start}-{start + count - 1}"
 
 
 def _short(value: float) -> str:
@@ -348,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")
 
-    model = load_model(args.model)
+    model = load_model(args.model, input_shape=shape)
     mdtype = model_dtype_device(model)[0]
     X = None
     if args.prior_data is not None:
@@ -412,6 +446,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.coarse is not None:
         raise NNInvError(f"--coarse applies to method optimize, not {method}")
     torch.manual_seed(args.seed)
+    refuse_overwrite(out, args)  # after every usage check, before any work
     if scaled:
         return run_scaled(args, model, in_shape, method, prior, options)
     with warnings.catch_warnings(record=True) as caught:
@@ -429,12 +464,14 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, x)
     per_class = (labels, args.samples) if labels is not None and args.samples else None
-    figure = _save_figure(x, in_shape, out.with_suffix(".png"), inv.method, value_range, per_class)
+    figure = _save_figure(
+        x, in_shape, out.with_suffix(".png"), inv.method, value_range, per_class, labels
+    )
 
     n, n_ok = len(inv), int(inv.converged.sum())
     rmax = float(inv.residual.max())
     print(
-        f"method {inv.method}: {n} samples, {n_ok} converged, max residual {rmax:.3g} "
+        f"method {inv.method}: {plural(n, 'sample')}, {n_ok} converged, max residual {rmax:.3g} "
         f"(tol {_short(inv.info['tol'])})"
     )
     if n_ok < n:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..checks import model_dtype_device, positive_int
 from ..errors import NNInvError
-from ._common import analyse_model, load_array, parse_pair, parse_shape
+from ._common import analyse_model, load_array, parse_pair, parse_shape, plural
 
 _DESCRIPTION = """\
 Draw --n inputs for each output y in --outputs from the flow's posterior
@@ -39,7 +39,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "model", metavar="MODEL", help="model file: .keras, .h5, .onnx or TorchScript .pt/.pth"
+        "model",
+        metavar="MODEL",
+        help="model file: .keras, .h5, .onnx, TorchScript .pt/.pth or a scikit-learn MLP .skops",
     )
     parser.add_argument("--outputs", required=True, metavar="Y.npy", help="outputs (N, *shape)")
     parser.add_argument(
@@ -76,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     positive_int(args.n, "--n")
     bounds = parse_pair(args.bounds, "--bounds") if args.bounds is not None else None
     shape = parse_shape(args.input_shape) if args.input_shape is not None else None
-    model = load_model(args.model)
     flow = ConditionalFlow.load(args.flow)
+    model = load_model(args.model, input_shape=shape or flow.input_shape)
     chain = analyse_model(model, shape or flow.input_shape, None, "--input-shape")
     flow.decoder.check_model(chain.input_shape, chain.output_shape, model)
     y = load_array(args.outputs, "outputs")
@@ -89,28 +91,34 @@ def run(args: argparse.Namespace) -> int:
         )
     dtype = model_dtype_device(model)[0]
     yt = torch.from_numpy(np.ascontiguousarray(y)).to(dtype).reshape(len(y), *chain.output_shape)
-    post = posterior(model, yt, flow, n=args.n, bounds=bounds, seed=args.seed)
+    post = posterior(model, yt, flow, n=args.n, bounds=bounds, seed=args.seed, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "samples.npy", post.x.detach().cpu().numpy())
     total, ok = post.converged.numel(), int(post.converged.sum())
     rmax = float(post.residual.max())
     print(
-        f"{len(y)} targets x {args.n} samples: {ok} of {total} converged, max residual "
-        f"{rmax:.3g} (tol {post.info['tol']:g}); mean pairwise distance "
+        f"{plural(len(y), 'target')} x {plural(args.n, 'sample')}: {ok} of {total} "
+        f"converged, max residual {rmax:.3g} (tol {post.info['tol']:g}); mean pairwise distance "
         f"{float(post.info['diversity'].mean()):.3g}"
     )
     print(f"wrote {out / 'samples.npy'}")
     in_shape = chain.input_shape
     if is_image_shape(in_shape):
         image_shape = (math.isqrt(in_shape[0]),) * 2 if len(in_shape) == 1 else in_shape
-        rows = {f"y#{i}": post.x[i].detach().cpu() for i in range(min(16, len(y)))}
+        # each row names the class its output points to (the digit whose output it samples)
+        top = y.reshape(len(y), -1).argmax(1)
+        rows = {
+            f"y#{i}: class {int(top[i])}": post.x[i].detach().cpu() for i in range(min(16, len(y)))
+        }
         lo, hi = bounds if bounds is not None else (0.0, 1.0)
         path = save_grid(
             rows,
             out / "posterior.png",
             image_shape=image_shape,
-            title=f"nninv posterior: {args.n} samples per target, max residual {rmax:.2g}",
+            title=(
+                f"nninv posterior: {plural(args.n, 'sample')} per target, max residual {rmax:.2g}"
+            ),
             vmin=lo,
             vmax=hi,
         )

@@ -83,7 +83,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="prior for the prior row (default: gaussian)",
     )
     parser.add_argument(
-        "--components", type=int, default=10, metavar="K", help="mixture components (default: 10)"
+        "--components", type=int, default=20, metavar="K", help="mixture components (default: 20)"
     )
     parser.add_argument(
         "--dataset",
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             raise NNInvError("with MODEL, give the input x0 with --input X.npy")
         given = parse_shape(args.input_shape) if args.input_shape is not None else None
         x_in = load_array(args.input, "input", "--input")
-        model = load_model(args.model)
+        model = load_model(args.model, input_shape=given)
         shape = analyse_model(model, given, x_in, "--input").input_shape
         x0 = fit_to_shape(x_in, shape, "input", args.input)[:1]
         data = None
@@ -248,10 +248,12 @@ def run(args: argparse.Namespace) -> int:
     )
     with torch.no_grad():
         res = (model(members) - y).abs().reshape(len(members), -1).amax(1)
-    mixing = ", ".join(f"{name.split(' (')[0]} R-hat {s.rhat:.2f}" for name, s in stats if s)
+    # no-break spaces: a wrapped title never parts a name from its number
+    nb = "\u00a0"
+    mixing = ", ".join(f"{name.split(' (')[0]}{nb}R-hat{nb}{s.rhat:.2f}" for name, s in stats if s)
     title = (
-        f"{len(members)} different inputs, one output: max |f(x) - f(x0)| = {float(res.max()):.1e} "
-        f"(a {pre.dim}-dimensional set); {mixing}"
+        f"{len(members)} different inputs, one output: max{nb}|f(x){nb}-{nb}f(x0)|"
+        f"{nb}={nb}{float(res.max()):.1e} (a {pre.dim}-dimensional set); {mixing}"
     )
     shape = tuple(x0t.shape[1:])
     fig = save_samples(

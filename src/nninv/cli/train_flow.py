@@ -37,7 +37,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "model", metavar="MODEL", help="model file: .keras, .h5, .onnx or TorchScript .pt/.pth"
+        "model",
+        metavar="MODEL",
+        help="model file: .keras, .h5, .onnx, TorchScript .pt/.pth or a scikit-learn MLP .skops",
     )
     parser.add_argument("--data", required=True, metavar="X.npy", help="example inputs (N >= 10)")
     parser.add_argument(

@@ -21,6 +21,7 @@ __all__ = ["DatasetRun", "invert_dataset"]
 
 import contextlib
 import glob as _glob
+import logging
 import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -82,6 +83,18 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         yield
+
+
+@contextlib.contextmanager
+def _data_logs_at(level: int) -> Iterator[None]:
+    """Ray Data's logger at ``level`` for the ``with`` block (and back)."""
+    logger = logging.getLogger("ray.data")
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def _sources(outputs: Any) -> tuple[str, list[Path]]:
@@ -238,7 +251,13 @@ def invert_dataset(
         chain = analyse(local, input_shape)
     sendable: nn.Module | str = model if isinstance(model, nn.Module) else str(model)
     if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
+        # Ray's INFO lines (local instance started, dashboard) are not the user's business
+        ray.init(
+            address=address,
+            ignore_reinit_error=True,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
     npy: list[str] | None = None
     if isinstance(outputs, ray.data.Dataset):
         ds = outputs
@@ -275,7 +294,9 @@ def invert_dataset(
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet():
+    with _quiet(), _data_logs_at(logging.ERROR):
+        # Ray Data logs each plan at INFO and warns when an actor pool outnumbers the
+        # input blocks ("2 actors, 1 input"), which is harmless here; its bar stays
         results.write_parquet(str(out), ray_remote_args=_IO)
     return _summary(out)
 

@@ -3,8 +3,10 @@
 :func:`default_explorer` needs no files: it trains the seed's model (one dense
 layer and a sigmoid) on the embedded 5,000 MNIST digits as ``nninv demo
 --quick`` does, fits the Gaussian and mixture priors on 1,500 training images
-and, unless told not to, a decoder. :func:`explorer_for` takes a model the user
-named and the data to pick images from and fit the priors on.
+and, unless told not to, a decoder: trained before it returns, or (as ``nninv
+explore`` does, so that the page is up in seconds) in a background thread that
+attaches it when done. :func:`explorer_for` takes a model the user named and
+the data to pick images from and fit the priors on.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 __all__ = ["default_explorer", "explorer_for"]
 
 import math
+import sys
+import threading
 
 import torch
 from torch import nn
@@ -31,6 +35,7 @@ def default_explorer(
     decoder_epochs: int = 10,
     n_images: int = 200,
     progress: bool = False,
+    background_decoder: bool = False,
 ) -> Explorer:
     """The seed's model trained on the embedded digits, with priors (and a decoder).
 
@@ -50,21 +55,51 @@ def default_explorer(
         Held-out images offered on the page.
     progress : bool
         tqdm bars while training.
+    background_decoder : bool
+        Return at once and train the decoder in a daemon thread, which attaches
+        it to the explorer (:meth:`Explorer.attach_decoder`) and says so on
+        stderr; until then the page has no decoder row.
     """
     train, test = load_split("mnist5k", None, None, seed)
     f = train_seed_model(train.images, train.labels, epochs=epochs, seed=seed, progress=progress)
     priors, _ = fit_priors(train.images[:n_prior], components, seed=seed)
-    decoder = None
-    if decoder_epochs > 0:
-        flat = train.images[:n_prior].reshape(min(n_prior, len(train)), -1).float()
-        decoder = Decoder.fit(f, flat, epochs=decoder_epochs, seed=seed + 3, progress=progress)
-    return Explorer(
+    flat = train.images[:n_prior].reshape(min(n_prior, len(train)), -1).float()
+
+    def fit() -> Decoder:
+        return Decoder.fit(
+            f, flat, epochs=decoder_epochs, seed=seed + 3, progress=progress and not background
+        )
+
+    background = background_decoder and decoder_epochs > 0
+    explorer = Explorer(
         f,
         test.images[:n_images],
         test.labels[:n_images],
         {k: v for k, v in priors.items() if v is not None},
-        decoder,
+        fit() if decoder_epochs > 0 and not background else None,
     )
+    if background:
+
+        def train_and_attach() -> None:
+            try:
+                explorer.attach_decoder(fit())
+            except Exception as e:  # the page keeps working without the decoder row
+                print(f"nninv explore: the decoder failed to train: {e}", file=sys.stderr)
+                return
+            print(
+                "nninv explore: decoder trained; reload the page for its row",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        print(
+            f"nninv explore: training the decoder ({decoder_epochs} epochs) in the background; "
+            "its row appears when it is done",
+            file=sys.stderr,
+            flush=True,
+        )
+        threading.Thread(target=train_and_attach, name="nninv-decoder", daemon=True).start()
+    return explorer
 
 
 def explorer_for(

@@ -226,6 +226,14 @@ class Explorer:
         except NNInvError:
             return False
 
+    def attach_decoder(self, decoder: Any) -> None:
+        """Add a decoder trained after the server started: later views show its row, and
+        the views already built get it too (a page reload lists it)."""
+        with self.lock:
+            self.decoder = decoder
+            for view in self._cache.values():
+                view.inversions.update(self._inversions(view.y, only="decoder"))
+
     # --- outputs ----------------------------------------------------------------------
 
     def output(self, x: Tensor) -> Tensor:
@@ -308,7 +316,11 @@ class Explorer:
         return View(key, y, image, label, pre, bounded, pre_error, inversions, directions, spread)
 
     def _build_curved(self, key: str, y: Tensor, image: Tensor | None, label: int | None) -> View:
-        inversions = self._inversions(y)
+        # A deep net's closed-form inversions can take minutes (dense SVDs of its conv
+        # blocks, projections through thousands of hidden ReLU units): a picked image
+        # is a member to start from, so the view is served at once and they follow.
+        later = image is not None
+        inversions = self._pending() if later else self._inversions(y)
         start = image
         if start is None:
             start = next((v.x for v in inversions.values() if v.x is not None), None)
@@ -324,6 +336,10 @@ class Explorer:
         view = View(key, y, image, label, None, True, None, inversions, directions, spread)
         view.exact = False
         view.anchor = start
+        if later:
+            threading.Thread(
+                target=self._fill_inversions, args=(view,), name="nninv-inversions", daemon=True
+            ).start()
         if not self._warm and directions.shape[1]:
             # the first Gauss-Newton projection in a process pays a one-off setup of
             # about a second; the first view pays it, not the first slider move
@@ -332,10 +348,26 @@ class Explorer:
             self._warm = True
         return view
 
-    def _inversions(self, y: Tensor) -> dict[str, InversionView]:
+    def _pending(self) -> dict[str, InversionView]:
+        why = "computing in the background; select the image again to see it"
+        return {
+            name: InversionView(name, None, math.inf, False, why)
+            for name, (_, prior_key) in INVERSIONS.items()
+            if (prior_key is None or prior_key in self.priors)
+            and (name != "decoder" or self.decoder is not None)
+        }
+
+    def _fill_inversions(self, view: View) -> None:
+        done = self._inversions(view.y)
+        with self.lock:
+            view.inversions.update(done)
+
+    def _inversions(self, y: Tensor, only: str | None = None) -> dict[str, InversionView]:
         out: dict[str, InversionView] = {}
         target = y.reshape(1, *self.output_shape)
         for name, (method, prior_key) in INVERSIONS.items():
+            if only is not None and name != only:
+                continue
             options: dict[str, Any] = {}
             prior = None
             if prior_key is not None:

@@ -58,6 +58,7 @@ def posterior(
     bounds: Any = None,
     seed: int = 0,
     tol: float | None = None,
+    progress: bool = False,
 ) -> Posterior:
     """Draw ``n`` inputs for each output in ``y`` and project them onto its preimage.
 
@@ -76,6 +77,9 @@ def posterior(
         Seeds the flow's draws.
     tol : float, optional
         Residual tolerance (default: :func:`nninv.invert`'s for the dtype).
+    progress : bool
+        Show a tqdm bar on stderr (targets projected). The projection runs a few
+        targets at a time either way; each sample's projection is its own.
 
     Returns
     -------
@@ -93,20 +97,34 @@ def posterior(
         # a draw from the flow's far tail can leave the data's box by orders of magnitude;
         # the projection starts from its nearest point in the box instead
         draws = draws.clamp(box[0], box[1])
-    y_rep = y.repeat_interleave(n, dim=0)
-    start = draws.reshape(N * n, *flow.input_shape)
-    inv = invert(
-        model,
-        y_rep,
-        method="decoder",
-        decoder=flow.decoder,
-        start=start,
-        bounds=bounds,
-        tol=tol,
-        input_shape=flow.input_shape,
-    )
-    x = inv.x.reshape(N, n, *flow.input_shape)
-    converged = inv.converged.reshape(N, n)
+    from tqdm.auto import tqdm
+
+    per = max(1, 256 // n)  # targets per call: a bar that moves, batches that still pay
+    xs, residuals, convs, raws, reasons = [], [], [], [], []
+    tol_used = None
+    with tqdm(total=N, unit="target", desc="nninv posterior", disable=not progress) as bar:
+        for i in range(0, N, per):
+            k = min(per, N - i)
+            inv = invert(
+                model,
+                y[i : i + k].repeat_interleave(n, dim=0),
+                method="decoder",
+                decoder=flow.decoder,
+                start=draws[i : i + k].reshape(k * n, *flow.input_shape),
+                bounds=bounds,
+                tol=tol,
+                input_shape=flow.input_shape,
+            )
+            xs.append(inv.x)
+            residuals.append(inv.residual)
+            convs.append(inv.converged)
+            raws.append(inv.info["raw_residual"])
+            tol_used = inv.info["tol"]
+            r = inv.info.get("reasons")
+            reasons.extend(r if r is not None else [None] * (k * n))
+            bar.update(k)
+    x = torch.cat(xs).reshape(N, n, *flow.input_shape)
+    converged = torch.cat(convs).reshape(N, n)
     flat = x.reshape(N, n, -1).to(torch.float64)
     d = torch.cdist(flat, flat)
     ok = (converged[:, :, None] & converged[:, None, :]).to(d.dtype)
@@ -114,8 +132,8 @@ def posterior(
     diversity = (d * ok).sum((1, 2)) / ok.sum((1, 2)).clamp(min=1)
     info = {
         "diversity": diversity,
-        "raw_residual": inv.info["raw_residual"].reshape(N, n),
-        "tol": inv.info["tol"],
-        "reasons": inv.info.get("reasons"),
+        "raw_residual": torch.cat(raws).reshape(N, n),
+        "tol": tol_used,
+        "reasons": reasons,
     }
-    return Posterior(x, inv.residual.reshape(N, n), converged, info)
+    return Posterior(x, torch.cat(residuals).reshape(N, n), converged, info)

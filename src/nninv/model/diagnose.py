@@ -4,9 +4,14 @@ For each layer the diagnosis gives its type and shapes; for linear layers the
 rank, nullity (the number of input directions it ignores) and condition
 number; for activations whether they are injective. For the whole model it
 gives the local dimension of the preimage of one output (``n - rank J`` with
-``J`` the Jacobian at a typical input) and, with data, the fraction of the
-data's energy in each linear layer's row space: the part that the
-pseudo-inverse can recover. ``str(diagnosis)`` is a table ending in a verdict
+``J`` the Jacobian at a typical input: the first data sample, else a seeded
+uniform draw) and, with data, the fraction of the data's energy in each linear
+layer's row space: the part that the pseudo-inverse can recover. Where the
+model is a chain of known layers the rank is exact: it is carried layer by
+layer as a subspace, and an injective activation's Jacobian (a positive
+diagonal) keeps it whatever its scale, so saturated units cannot hide
+directions. Otherwise it is estimated from the autograd Jacobian, and the
+diagnosis says so. ``str(diagnosis)`` is a table ending in a verdict
 in words.
 """
 
@@ -68,6 +73,11 @@ class Diagnosis:
         Whether every output has at most one input (None: unknown).
     verdict : str
         The diagnosis in words.
+    preimage_dim_exact : bool
+        True when ``preimage_dim`` was carried exactly through a chain of
+        known layers; False when it was estimated from the numerical rank of
+        the autograd Jacobian at one input (saturated units may then hide
+        directions).
     lipschitz : dict of str to float or None
         For a model invertible by construction (``bijective = True`` with an
         ``inverse`` and a ``lipschitz()`` method, e.g.
@@ -82,6 +92,7 @@ class Diagnosis:
     injective: bool | None
     verdict: str
     lipschitz: dict[str, float] | None = None
+    preimage_dim_exact: bool = True
 
     def table(self) -> str:
         head = [
@@ -295,7 +306,11 @@ def diagnose(
                         break
                     h = h.reshape(h.shape[0], -1)
         layers = tuple(_layer_diag(layer, energies.get(layer.index)) for layer in chain.layers)
-        jdim = _jacobian_rank(model, chain, data, dtype, device)
+        x0 = _typical_input(chain, data)
+        jdim: int | None = _chain_rank(chain, x0)
+        exact = jdim is not None
+        if jdim is None:
+            jdim = _jacobian_rank(model, chain, x0, dtype, device)
     n = chain.n_in
     pre_dim = None if jdim is None else n - jdim
     injective: bool | None
@@ -305,7 +320,7 @@ def diagnose(
         injective = True
     else:
         injective = None if pre_dim is None or pre_dim == 0 else False
-    verdict = _verdict(chain, layers, pre_dim, injective, data is not None)
+    verdict = _verdict(chain, layers, pre_dim, injective, data is not None, exact)
     lip = _bijective_bounds(model)
     if lip is not None:
         # invertible by construction (duck-typed: this layer does not import nninv.invertible)
@@ -313,7 +328,7 @@ def diagnose(
         pre_dim = 0 if injective else pre_dim
         verdict = _bijective_verdict(chain, lip, injective is True)
     return Diagnosis(
-        layers, chain.input_shape, chain.output_shape, pre_dim, injective, verdict, lip
+        layers, chain.input_shape, chain.output_shape, pre_dim, injective, verdict, lip, exact
     )
 
 
@@ -360,17 +375,123 @@ def _run_double(mod: nn.Module, h: Tensor) -> Tensor:
     return mod(h)
 
 
+def _typical_input(chain: Any, data: Any) -> Tensor:
+    """The point where the local rank is taken: the first data sample, else U(0, 1)."""
+    if data is not None:
+        return _as_input(data, chain.input_shape, torch.float64)[:1]
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, *chain.input_shape, generator=g, dtype=torch.float64)
+
+
+def _orth(M: Tensor, r: int) -> Tensor:
+    """Orthonormal basis (d, r) of the leading ``r``-dimensional range of ``M``."""
+    if r == 0:
+        return M.new_zeros(M.shape[0], 0)
+    U, _, _ = torch.linalg.svd(M, full_matrices=False)
+    return U[:, :r]
+
+
+def _count(s: Tensor, tol: float) -> int:
+    return int((s > tol).sum())
+
+
+def _chain_rank(chain: Any, x0: Tensor) -> int | None:
+    """Exact rank of the Jacobian at ``x0``, carried through the chain's steps.
+
+    The range ``Q`` (orthonormal, d x r) of the Jacobian so far is pushed
+    through each step: an affine block ``A`` keeps ``rank(A Q)`` directions
+    (counted with ``A``'s own rank tolerance, so a layer's rank and the chain's
+    agree); an injective activation multiplies by a positive diagonal, which
+    keeps the rank exactly however small its entries (a saturated sigmoid's
+    derivative underflows, but it is never zero); ReLU's diagonal is 0/1 at
+    ``x0``; softmax and log-softmax drop the all-ones direction when it lies in
+    the range. None when a step is unsupported or an operator too large to
+    make dense: the caller then estimates from the autograd Jacobian.
+    """
+    from .chain import Elementwise, Shift
+
+    n = chain.n_in
+    if n * n > MAX_DENSE:
+        return None
+    eps = torch.finfo(torch.float64).eps
+    h = x0.reshape(1, -1).to(torch.float64)
+    Q: Tensor | None = None  # None: the whole space (the identity, not formed)
+    r = n
+    steps = chain.steps
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        d_here = h.shape[1]
+        if isinstance(step, Affine) and step.is_reshape:
+            # a permutation of the entries: the rank and the whole space are kept
+            with torch.no_grad():
+                if Q is not None:
+                    Q = step.forward(Q.T.contiguous()).T
+                h = step.forward(h)
+        elif isinstance(step, Affine):
+            if step.n * step.m > MAX_DENSE:
+                return None
+            try:
+                A, b = step.matrix(torch.float64)
+                tol = step.factor(torch.float64).tol
+            except Exception:
+                return None
+            M = A if Q is None else A @ Q
+            U, s, _ = torch.linalg.svd(M, full_matrices=False)
+            r = _count(s, tol)
+            Q = None if r == A.shape[0] else U[:, :r]
+            with torch.no_grad():
+                h = h @ A.T + b
+        elif isinstance(step, Elementwise):
+            z = h.detach().clone().requires_grad_(True)
+            (dz,) = torch.autograd.grad(step.act.forward(z).sum(), z)
+            dz = dz[0]
+            if step.act.injective:
+                # a positive diagonal: the rank is unchanged and the whole space maps onto itself
+                if Q is not None and not last:
+                    Q = _orth(dz.abs().clamp_min(torch.finfo(torch.float64).tiny)[:, None] * Q, r)
+            elif Q is None:
+                # a 0/1 diagonal on the whole space: its range is the active units' axes
+                active = dz != 0
+                r = int(active.sum())
+                Q = None if r == d_here else torch.eye(d_here, dtype=torch.float64)[:, active]
+            else:
+                M = dz[:, None] * Q
+                U, s, _ = torch.linalg.svd(M, full_matrices=False)
+                r = _count(s, max(M.shape) * eps)
+                Q = None if r == d_here else U[:, :r]
+            with torch.no_grad():
+                h = step.act.forward(h)
+        elif isinstance(step, Shift):
+            if len(step.layer.in_shape) != 1:
+                return None
+            ones = torch.full((d_here,), d_here**-0.5, dtype=torch.float64)
+            inside = ones - (Q @ (Q.T @ ones) if Q is not None else ones)
+            if float(inside.norm()) <= math.sqrt(eps):
+                # the constant direction is in the range: softmax forgets it
+                r -= 1
+                basis = torch.eye(d_here, dtype=torch.float64) if Q is None else Q
+                proj = basis - ones[:, None] * (ones @ basis)[None, :]
+                Q = _orth(proj, r)
+            with torch.no_grad():
+                h = step.forward(h)
+            if not last and not step.log:
+                # softmax's diagonal factor diag(p) is positive: it keeps the rank
+                p = h[0].clamp_min(torch.finfo(torch.float64).tiny)
+                Q = _orth(
+                    p[:, None] * (torch.eye(d_here, dtype=torch.float64) if Q is None else Q), r
+                )
+        else:
+            return None
+    return r
+
+
 def _jacobian_rank(
-    model: nn.Module, chain: Any, data: Any, dtype: torch.dtype, device: torch.device
+    model: nn.Module, chain: Any, x0: Tensor, dtype: torch.dtype, device: torch.device
 ) -> int | None:
     n, m = chain.n_in, chain.n_out
     if n * m > MAX_DENSE:
         return None
-    if data is not None:
-        x0 = _as_input(data, chain.input_shape, dtype)[:1].to(device)
-    else:
-        g = torch.Generator().manual_seed(0)
-        x0 = torch.rand(1, *chain.input_shape, generator=g).to(device, dtype)
+    x0 = x0.to(device, dtype)
 
     def f(x: Tensor) -> Tensor:
         return model(x.reshape(1, *chain.input_shape)).reshape(-1)
@@ -395,6 +516,7 @@ def _verdict(
     pre_dim: int | None,
     injective: bool | None,
     with_data: bool,
+    exact: bool = True,
 ) -> str:
     n, m = chain.n_in, chain.n_out
     parts = [f"The model maps {n} inputs to {m} outputs."]
@@ -417,7 +539,13 @@ def _verdict(
         parts.append(
             f"The preimage of one output is {'at least ' if relu else ''}{pre_dim}-dimensional: "
             f"{pre_dim} input directions leave the output unchanged (n = {n} minus the "
-            f"Jacobian's rank {n - pre_dim})."
+            f"Jacobian's rank {n - pre_dim}"
+            + (
+                ")."
+                if exact
+                else ", estimated from the autograd Jacobian at one input: the model is not a "
+                "chain of known layers, and saturated units may hide directions)."
+            )
         )
         first = next((ld for ld in layers if ld.kind == "linear"), None)
         if first is not None and first.nullity:

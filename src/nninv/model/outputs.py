@@ -99,7 +99,7 @@ def check_range(y: Tensor, chain: Chain) -> tuple[Tensor, int]:
             i, j = _first_bad(bad)
             raise NNInvError(
                 f"target sample {i}, output {j} is {float(y[i, j]):g}, outside the range "
-                f"{act.describe_range()} of the output layer {last.label()}; no input "
+                f"{act.describe_range()} of {last.label()}, the output layer; no input "
                 "produces it"
             )
         if bool(edge.any()):

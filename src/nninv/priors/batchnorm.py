@@ -148,10 +148,16 @@ class BatchNormPrior(Prior):
             if isinstance(m, _BatchNorm) and m.running_mean is not None
         ]
         if not names:
+            opaque = isinstance(model, torch.jit.ScriptModule)
             raise NNInvError(
                 f"BatchNormPrior needs a model with BatchNorm layers that keep running "
-                f"statistics; {type(model).__name__} has none (an exporter may have folded "
-                "them into the convolutions before it)"
+                f"statistics; {type(model).__name__} has none "
+                + (
+                    "it can see: a TorchScript model is rebuilt as layers only when its input "
+                    "shape is known (give --input-shape, or load_model(path, input_shape=...))"
+                    if opaque
+                    else "(an exporter may have folded them into the convolutions before it)"
+                )
             )
         self.layer_names = [n or type(m).__name__ for n, m in names]
         try:

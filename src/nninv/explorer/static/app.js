@@ -41,22 +41,40 @@ function drawImage(canvas, x) {
   ctx.drawImage(tmp, 0, 0, canvas.width, canvas.height);
 }
 
+// Bars by signed value: each starts at the left edge, which stands for min(0, min y), so a
+// bar's length grows with the value itself and the winning output is always the longest
+// (a logit of -7.97 is short, not longer than a winning +6.78); with outputs >= 0
+// (probabilities) the left edge is 0 and a bar's length is proportional to its value.
+// Negative values are drawn in another colour; a thin line marks zero.
+function barGeometry(y) {
+  const lo = Math.min(0, ...y), hi = Math.max(0, ...y);
+  const span = Math.max(1e-12, hi - lo);
+  return {
+    widths: y.map((v) => (100 * (v - lo)) / span),
+    zero: (100 * -lo) / span,
+  };
+}
+
 function drawBars(el, y) {
   el.innerHTML = "";
   if (!y) return;
   const top = y.indexOf(Math.max(...y));
-  const scale = Math.max(1e-12, ...y.map(Math.abs));
+  const { widths, zero } = barGeometry(y);
   y.forEach((v, k) => {
     const lab = document.createElement("span");
     lab.textContent = k;
+    const track = document.createElement("div");
+    track.className = "track";
+    track.style.setProperty("--zero", `${zero}%`);
     const bar = document.createElement("div");
-    bar.className = "bar" + (k === top ? " top" : "");
-    bar.style.width = `${(100 * Math.abs(v)) / scale}%`;
+    bar.className = "bar" + (k === top ? " top" : "") + (v < 0 ? " neg" : "");
+    bar.style.width = `${widths[k]}%`;
+    track.append(bar);
     const val = document.createElement("span");
     val.className = "out-value";
     val.dataset.value = String(v);
     val.textContent = v.toFixed(7);
-    el.append(lab, bar, val);
+    el.append(lab, track, val);
   });
 }
 

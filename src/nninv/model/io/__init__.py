@@ -91,7 +91,9 @@ def as_module(model: Any) -> nn.Module:
     )
 
 
-def load_model(path: str | os.PathLike[str] | Any) -> nn.Module:
+def load_model(
+    path: str | os.PathLike[str] | Any, *, input_shape: Sequence[int] | None = None
+) -> nn.Module:
     """Load a saved network as a PyTorch module made of standard layers.
 
     Parameters
@@ -102,6 +104,12 @@ def load_model(path: str | os.PathLike[str] | Any) -> nn.Module:
         skops file (``.skops``) of a scikit-learn ``MLPClassifier`` or
         ``MLPRegressor``. The format is recognised from the file's content. A
         fitted ``MLPClassifier``/``MLPRegressor`` object is converted directly.
+    input_shape : sequence of int, optional
+        The input shape without the batch dimension, for a TorchScript archive
+        that does not tell it (a scripted ``Sequential`` starting with a
+        ``Conv2d`` and saved without an ``input_shape`` attribute): its
+        rebuild as eager layers is checked on inputs of this shape. Other
+        formats carry their shape and ignore it.
 
     Returns
     -------
@@ -172,7 +180,7 @@ def load_model(path: str | os.PathLike[str] | Any) -> nn.Module:
         raise NNInvError(f"'{path}' is empty (0 bytes): the file is corrupt or truncated")
 
     if head.startswith(_ZIP_MAGIC):
-        return _load_zip(path)
+        return _load_zip(path, input_shape)
     if head.startswith(_HDF5_MAGIC):
         from ._keras import load_keras_h5
 
@@ -289,7 +297,7 @@ def _load_safetensors(path: Path) -> nn.Module:
     )
 
 
-def _load_zip(path: Path) -> nn.Module:
+def _load_zip(path: Path, input_shape: Sequence[int] | None = None) -> nn.Module:
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
@@ -311,7 +319,7 @@ def _load_zip(path: Path) -> nn.Module:
     if "constants.pkl" in base and any("/code/" in n for n in names):
         from ._torchscript import load_torchscript
 
-        return _guarded(load_torchscript, path, "TorchScript")
+        return _guarded(lambda p: load_torchscript(p, input_shape), path, "TorchScript")
     if "data.pkl" in base:
         raise NNInvError(
             f"'{path}' was written by torch.save (a pickled module or state_dict, not "

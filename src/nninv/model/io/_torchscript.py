@@ -10,8 +10,10 @@ arguments are read from the attributes a scripted module keeps (``stride``,
 ``negative_slope``, ``dim``, ...) or, where tracing dropped them, from the
 constants of its traced graph, and its ``state_dict`` is loaded. The rebuild
 is accepted only if it computes what the script module computes: both run on
-seeded random inputs of the model's input shape (its saved ``input_shape``,
-else ``(in_features,)`` of a leading ``nn.Linear``) and must agree within
+seeded random inputs of the model's input shape (the ``input_shape`` passed to
+``load_model``, else one saved with the module: a scripted attribute or a buffer
+of a traced one, else ``(in_features,)`` of a leading ``nn.Linear``) and must
+agree within
 ``1e-6`` in float32. Otherwise (input shape unknown, a layer not in the table,
 an argument that cannot be read, outputs that differ) and for any scripted
 module other than a ``Sequential``, the ``ScriptModule`` comes back as it is:
@@ -51,13 +53,14 @@ class _NoRebuild(Exception):
     """The script module cannot be rebuilt as an eager chain (it stays opaque)."""
 
 
-def load_torchscript(path: Path) -> nn.Module:
+def load_torchscript(path: Path, input_shape: Sequence[int] | None = None) -> nn.Module:
     """Load ``path`` with ``torch.jit.load`` on the CPU, in eval mode and float32.
 
     A scripted or traced ``nn.Sequential`` of standard layers comes back as an
     equivalent eager ``nn.Sequential`` (checked on random inputs, see the module
-    docstring); anything else as the loaded ``ScriptModule``. An ``input_shape``
-    saved with the module (a scripted attribute, or a buffer of a traced one) is
+    docstring); anything else as the loaded ``ScriptModule``. ``input_shape``
+    (without the batch dimension), else one saved with the module (a scripted
+    attribute, or a buffer of a traced one), is what the check runs on and is
     kept as a tuple attribute; none is invented otherwise.
     """
     try:
@@ -70,7 +73,7 @@ def load_torchscript(path: Path) -> nn.Module:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _corrupt(path, "TorchScript", first) from None
     model = model.float().eval()
-    shape = getattr(model, "input_shape", None)
+    shape = getattr(model, "input_shape", None) if input_shape is None else input_shape
     if shape is not None:
         try:
             shape = tuple(int(s) for s in shape)
