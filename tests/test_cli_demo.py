@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import subprocess
 import sys
@@ -204,7 +206,7 @@ def test_help_texts_are_true():
     assert "opens the browser" not in readme and "open the browser" not in readme
 
 
-def test_demo_unknown_dataset_prints_only_its_error():
+def test_demo_unknown_dataset_prints_only_its_error(run_cli):
     code, out, err = run_cli(["demo", "--dataset", "nope"])
     assert code == 2 and out == ""
     assert "unknown data set 'nope'" in err

@@ -154,18 +154,18 @@ def test_cli_target_with_batch_size_is_refused(run_cli, seed_model, tmp_path):
 
 
 @pytest.mark.parametrize("streamed", [False, True])
-def test_cli_refuses_to_overwrite_a_result(tmp_path, streamed):
-    f = _seed_model()
+def test_cli_refuses_to_overwrite_a_result(tmp_path, streamed, run_cli, seed_model):
+    f = seed_model(n=12, m=4)
     model = tmp_path / "f.pt"
     torch.jit.save(torch.jit.script(f.eval()), str(model))
     path, _ = _outputs(tmp_path, f)
     argv = ["invert", model, "--outputs", path, "--method", "pinv", "--out", tmp_path / "x.npy"]
     if streamed:
         argv += ["--batch-size", 5]
-    assert _cli(argv)[0] == 0
+    assert run_cli(argv)[0] == 0
     before = (tmp_path / "x.npy").stat().st_mtime_ns
-    code, _, err = _cli(argv)
+    code, _, err = run_cli(argv)
     assert code == 2 and "already exists; pass --overwrite to replace it" in err
     assert (tmp_path / "x.npy").stat().st_mtime_ns == before
-    code, _, err = _cli([*argv, "--overwrite"])
+    code, _, err = run_cli([*argv, "--overwrite"])
     assert code == 0, err

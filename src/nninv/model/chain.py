@@ -114,6 +114,11 @@ class Affine:
     def m(self) -> int:
         return math.prod(self.out_shape)
 
+    @property
+    def is_reshape(self) -> bool:
+        """Whether the block only moves values around (reshapes, permutations)."""
+        return all(layer.kind == "reshape" for layer in self.layers)
+
     def label(self) -> str:
         names = ", ".join(layer.label() for layer in self.layers)
         return f"affine block [{names}]"
