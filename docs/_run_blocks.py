@@ -4,7 +4,9 @@ Sphinx reads each page once; this extension executes the page's Python blocks
 in order, in one namespace per page, in a temporary working directory, with
 torch seeded. A block that raises stops the build with the page and block
 number, so an example on the site cannot rot. Blocks fenced as ```text,
-```bash or ```console are shown, not run.
+```bash or ```console are shown, not run. The docstring examples of every
+module that defines a public name (the API reference shows them) run too,
+when the build starts.
 """
 
 from __future__ import annotations
@@ -65,6 +67,57 @@ def _source_read(app, docname: str, source: list[str]) -> None:  # noqa: ANN001
         run_blocks(docname, source[0])
 
 
+def _doctests(app) -> None:  # noqa: ANN001
+    from _api import modules
+
+    ran, n = run_doctests(modules())
+    app.config.nninv_doctests = (ran, n)
+
+
 def setup(app) -> dict[str, bool]:  # noqa: ANN001
     app.connect("source-read", _source_read)
+    app.connect("builder-inited", _doctests)
     return {"parallel_read_safe": True}
+
+
+def run_doctests(module_names: list[str]) -> tuple[int, int]:
+    """Run the docstring examples of the modules that define the public names.
+
+    Returns (examples run, modules); raises :class:`ExampleError` naming the
+    module and the failure count when an example fails.
+    """
+    import doctest
+    import importlib
+    import inspect
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    defining: set[str] = set()
+    for name in module_names:
+        mod = importlib.import_module(name)
+        defining.add(mod.__name__)
+        for attr in getattr(mod, "__all__", []):
+            obj = getattr(mod, attr, None)
+            owner = inspect.getmodule(obj) if obj is not None else None
+            if owner is not None and owner.__name__.startswith("nninv"):
+                defining.add(owner.__name__)
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    ran = 0
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            for name in sorted(defining):
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    result = doctest.testmod(importlib.import_module(name), optionflags=flags)
+                if result.failed:
+                    raise ExampleError(
+                        f"{name}: {result.failed} of {result.attempted} docstring examples "
+                        f"failed:\n{out.getvalue()[-3000:]}"
+                    )
+                ran += result.attempted
+        finally:
+            os.chdir(here)
+    return ran, len(defining)

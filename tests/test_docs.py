@@ -132,3 +132,15 @@ def test_run_blocks_fails_on_a_raising_example():
     assert run_blocks("ok", "text\n```python\nx = 1 + 1\n```\n```python\nassert x == 2\n```\n") == 2
     with pytest.raises(ExampleError, match=r"bad: Python block 2 raised ZeroDivisionError"):
         run_blocks("bad", "```python\nx = 1\n```\n```python\n1 / 0\n```\n")
+
+
+def test_run_doctests_fails_on_a_wrong_docstring_example(tmp_path, monkeypatch):
+    (tmp_path / "fake_doc_mod.py").write_text('def f():\n    """\n    >>> 1 + 1\n    3\n    """\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(DOCS))
+    from _run_blocks import ExampleError, run_doctests
+
+    with pytest.raises(ExampleError, match="fake_doc_mod: 1 of 1 docstring examples failed"):
+        run_doctests(["fake_doc_mod"])
+    (tmp_path / "fine_doc_mod.py").write_text('def f():\n    """\n    >>> 1 + 1\n    2\n    """\n')
+    assert run_doctests(["fine_doc_mod"]) == (1, 1)
