@@ -77,7 +77,7 @@ class Samples:
 
 @dataclass(frozen=True)
 class Extent:
-    """The range of a linear functional ``w . x`` over a preimage.
+    """The range of a linear functional ``dot(w, x)`` over a preimage.
 
     Attributes
     ----------

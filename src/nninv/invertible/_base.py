@@ -92,8 +92,8 @@ class InverseReport:
 class InvertibleBlock(nn.Module):
     """Base class of nninv's invertible blocks.
 
-    Contract
-    --------
+    Notes
+    -----
     - ``forward(x)`` MUST return ``(y, logdet)`` with ``y`` shaped like the
       block's output (``(N, *out_shape)``, the same as ``x`` except for
       :class:`Squeeze`) and ``logdet`` shaped ``(N,)`` holding

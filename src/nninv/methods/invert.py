@@ -81,7 +81,7 @@ def invert(
     Returns
     -------
     Inversion
-        ``x`` (N, *input_shape), ``residual`` (N,) = max |f(x) - y| measured by
+        ``x`` ``(N, *input_shape)``, ``residual`` ``(N,)`` = ``max |f(x) - y|`` measured by
         running the model, ``converged`` (N,), ``iterations``, ``method``, ``info``.
 
     Raises

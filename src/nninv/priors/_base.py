@@ -80,8 +80,8 @@ class LinearPosterior(ABC):
 class Prior(ABC):
     """Base class of priors over model inputs.
 
-    Contract
-    --------
+    Notes
+    -----
     - ``event_shape`` MUST be the input shape without the batch dimension.
     - ``log_prob(x)`` MUST accept ``(N, *event_shape)`` in any floating dtype and
       return ``(N,)``, differentiable with respect to ``x``.

@@ -192,7 +192,7 @@ class BatchNormPrior(Prior):
         return self._copies[key]
 
     def features(self, x: Tensor) -> list[tuple[_BatchNorm, Tensor]]:
-        """The input of every BatchNorm layer for inputs ``x`` (N, *event_shape), in call order.
+        """The input of every BatchNorm layer for inputs ``x`` ``(N, *event_shape)``, in call order.
 
         Differentiable with respect to ``x``; the forward pass stops after the last layer.
         """
