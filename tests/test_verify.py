@@ -117,6 +117,27 @@ def test_sound_and_complete_against_brute_force(slope):
     assert any(truths) and not all(truths), "the draw should hold both answers"
 
 
+def _useless(net, k, C, bounds, lo, hi, *args, **kwargs):  # type: ignore[no-untyped-def]
+    low = torch.full((C.shape[0],), -1e9, dtype=torch.float64)  # proves nothing
+    return (low, lo.expand(C.shape[0], -1)) if kwargs.get("corner") else low
+
+
+@pytest.mark.slow
+def test_the_exact_path_alone_against_brute_force(monkeypatch):
+    """No attack and no output bounds: LP tightening, LP relaxation and MILP decide alone."""
+    monkeypatch.setattr(verify_mod, "crown", _useless)
+    monkeypatch.setattr(verify_mod, "alpha_crown", _useless)
+    monkeypatch.setattr(verify_mod, "_attack", lambda *a, **k: [])
+    results = _check_against_truth(range(16, 28))
+    for s, (res, truth) in enumerate(results):
+        assert res.status == ("sat" if truth else "unsat"), f"seed {16 + s}: {res.status}"
+        if truth:
+            assert res.method == "milp"
+        else:
+            assert {c.method for c in res.certificates} <= {"lp", "milp"}
+    assert any(t for _, t in results) and not all(t for _, t in results)
+
+
 def test_mutation_an_unsound_bound_is_caught(monkeypatch):
     """A bound raised by 10 (unsound) turns true ``sat`` answers into ``unsat``: the
     brute-force comparison above must see it (else it would prove nothing)."""
@@ -147,12 +168,8 @@ def test_mutation_a_flipped_big_m_row_is_caught(monkeypatch):
     monkeypatch.setattr(verify_mod, "search", flipped)
     monkeypatch.setattr(verify_mod, "_attack", lambda *a, **k: [])
 
-    def useless(net, k, C, bounds, lo, hi, *args, **kwargs):  # type: ignore[no-untyped-def]
-        low = torch.full((C.shape[0],), -1e9, dtype=torch.float64)  # proves nothing
-        return (low, lo.expand(C.shape[0], -1)) if kwargs.get("corner") else low
-
-    monkeypatch.setattr(verify_mod, "crown", useless)
-    monkeypatch.setattr(verify_mod, "alpha_crown", useless)
+    monkeypatch.setattr(verify_mod, "crown", _useless)
+    monkeypatch.setattr(verify_mod, "alpha_crown", _useless)
     results = _check_against_truth(range(8))
     wrong = [s for s, (r, t) in enumerate(results) if r.status == ("unsat" if t else "sat")]
     assert wrong, "a flipped constraint went unnoticed by the brute-force check"
