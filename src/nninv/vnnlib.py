@@ -203,10 +203,10 @@ class _Reader:
                 if head in ("<=", "<"):
                     atoms.append(self.atom(diff, const, ln))
                 elif head in (">=", ">"):
-                    atoms.append(self.atom({k: -v for k, v in diff.items()}, -const, ln))
+                    atoms.append(self.atom({k: -v for k, v in diff.items()}, 0.0 - const, ln))
                 else:
                     atoms.append(self.atom(diff, const, ln))
-                    atoms.append(self.atom({k: -v for k, v in diff.items()}, -const, ln))
+                    atoms.append(self.atom({k: -v for k, v in diff.items()}, 0.0 - const, ln))
             return [[a for a in atoms if a is not None]]
         raise self.fail(ln, f"unsupported construct {head!r} (supported: and, or, <=, >=, <, >, =)")
 
@@ -318,7 +318,7 @@ def read(path: str | Path) -> Property:
     ...     _ = open(p, "w").write(text)
     ...     prop = read(p)
     >>> prop.n_inputs, prop.n_outputs, prop.lo.tolist(), prop.hi.tolist()
-    (1, 2, [-1.0, ...], [1.0])
+    (1, 2, [-1.0], [1.0])
     >>> prop.output.parts[0].A.tolist(), prop.output.parts[0].b.tolist()
     ([[1.0, -1.0]], [0.0])
     """

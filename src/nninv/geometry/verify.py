@@ -366,7 +366,7 @@ def verify(
         left = []
         for pi in which:
             A, b = parts[pi]
-            if A.shape[0] == 0 or not net.slopes:
+            if A.shape[0] == 0:
                 left.append(pi)
                 continue
             tb = time.perf_counter()
@@ -393,7 +393,8 @@ def verify(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=0, desc="verify", unit="part", leave=False)
+        total = sum(len(c.output.parts) for c in prop.cases)
+        bar = tqdm(total=total, desc="verify", unit="part", leave=False)
     timed_out = False
     unknown_note = None
     try:
@@ -401,9 +402,6 @@ def verify(
             lo, hi = case.lo, case.hi
             lo_n, hi_n = lo.numpy(), hi.numpy()
             parts = [(q.A, q.b) for q in case.output.parts]
-            if bar is not None:
-                bar.total += len(parts)
-                bar.refresh()
             # 1. a quick attack
             cands = _attack(f, lo, hi, parts, steps=30, restarts=4, gen=gen)
             hit = try_candidates(cands, ci, lo_n, hi_n, case.output)
