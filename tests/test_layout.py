@@ -31,6 +31,7 @@ PUBLIC_API = [
     "Polyhedron",
     "Posterior",
     "Preimage",
+    "Verification",
     "__version__",
     "closest",
     "diagnose",
@@ -39,6 +40,8 @@ PUBLIC_API = [
     "posterior",
     "preimage",
     "priors",
+    "verify",
+    "vnnlib",
 ]
 
 #: Public submodules and the names README documents in them.
@@ -60,6 +63,7 @@ PUBLIC_MODULES = {
     "nninv.geometry": ["Closest", "Extent", "Preimage", "Samples", "closest", "preimage"],
     "nninv.distributed": ["DatasetRun", "StreamResult", "invert_dataset", "invert_file"],
     "nninv.cli": ["main"],
+    "nninv.vnnlib": ["Case", "Property", "read"],
     "nninv.invertible": [
         "ActNorm",
         "AdditiveCoupling",
@@ -82,6 +86,7 @@ LAYERS = {
     "result": 0,
     "linalg": 0,
     "targets": 0,
+    "vnnlib": 0,
     "datasets": 0,
     "metrics": 0,
     "model": 1,

@@ -30,8 +30,20 @@ __all__ = [
     "priors",
 ]
 
+from . import vnnlib  # noqa: E402
 from .geometry.closest import Closest, closest  # noqa: E402
 from .geometry.preimage import Preimage, preimage  # noqa: E402
+from .geometry.verify import Verification, verify  # noqa: E402
 from .methods.posterior import Posterior, posterior  # noqa: E402
 
-__all__ += ["Closest", "Posterior", "Preimage", "closest", "posterior", "preimage"]
+__all__ += [
+    "Closest",
+    "Posterior",
+    "Preimage",
+    "Verification",
+    "closest",
+    "posterior",
+    "preimage",
+    "verify",
+    "vnnlib",
+]

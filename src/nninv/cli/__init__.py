@@ -24,6 +24,7 @@ COMMANDS = [
     "diagnose",
     "preimage",
     "closest",
+    "verify",
     "posterior",
     "train_decoder",
     "train_flow",
