@@ -35,6 +35,20 @@ SLOW = {
 }
 
 
+#: What README says a block's results are, checked after it runs (by block id).
+CHECKS: dict[str, Any] = {
+    "quick-start-in-python-1": lambda ns: bool(ns["inv"].converged.all()),
+    "quick-start-in-python-2": lambda ns: bool(ns["inv"].converged.all()),
+    "no-data-at-all-a-prior-from-the-network-s-batchnorm-statistics-1": lambda ns: (
+        ns["inv"].method == "optimize" and tuple(ns["inv"].x.shape) == (10, 1, 28, 28)
+    ),
+    "scikit-learn-models-small-and-tabular-inputs-1": lambda ns: (
+        bool(ns["inv"].converged.all()) and ns["res"].status == "optimal"
+    ),
+    "networks-invertible-by-construction-1": lambda ns: ns["inv"].method == "bijective",
+}
+
+
 @dataclass(frozen=True)
 class Block:
     id: str
@@ -143,6 +157,7 @@ def test_readme_has_python_blocks():
     ids = [b.id for b in BLOCKS]
     assert len(set(ids)) == len(ids)
     assert SLOW <= set(ids), f"SLOW names blocks README no longer has: {SLOW - set(ids)}"
+    assert set(CHECKS) <= set(ids), f"CHECKS names unknown blocks: {set(CHECKS) - set(ids)}"
 
 
 @pytest.mark.parametrize(("index", "block"), [_param(i, b) for i, b in enumerate(BLOCKS)])
@@ -153,3 +168,6 @@ def test_readme_block_runs(reader, index, block):
         pytest.skip(reason)
     reader.upto(index)
     reader.run(block)
+    check = CHECKS.get(block.id)
+    if check is not None:
+        assert check(reader.namespace), f"README.md:{block.line}: results differ from README's"
