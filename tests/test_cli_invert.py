@@ -235,6 +235,32 @@ def test_invert_class_target_with_bounds(run_cli, onnx_mlp, tmp_path):
     assert onnx_mlp["predict"](x).argmax(1).tolist() == reached
 
 
+def test_auto_follows_the_library_rule_with_bounds(run_cli, onnx_mlp, tmp_path):
+    """``auto`` is :func:`nninv.methods.choose_method`: pinv, or optimize within --bounds."""
+    from nninv.cli.invert import _pick_method
+    from nninv.methods import choose_method
+
+    runs = {}
+    for extra in ([], ["--bounds", "0,1"]):
+        code, out, err = run_cli(
+            ["invert", onnx_mlp["model"], "--outputs", onnx_mlp["dir"] / "Y.npy",
+             "--out", tmp_path / f"x{len(extra)}.npy", *extra]
+        )  # fmt: skip
+        assert code == 0, out + err
+        m = SUMMARY.search(out)
+        runs[bool(extra)] = m["method"]
+        assert (m["n"], m["ok"]) == ("5", "5")
+    assert runs == {False: "pinv", True: "optimize"}
+    x = np.load(tmp_path / "x2.npy")
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    model = nninv.load_model(onnx_mlp["model"])
+    y = torch.from_numpy(onnx_mlp["Y"])
+    for bounds in (None, (0.0, 1.0)):
+        want = choose_method(model, y, bounds=bounds)
+        assert _pick_method("auto", bounds, model, None, y) == want
+        assert _pick_method("auto", None, model, None, y, x0=torch.zeros(5, 12)) == "optimize"
+
+
 def test_target_needs_a_method_for_classes(run_cli, onnx_mlp, tmp_path):
     code, out, err = run_cli(
         ["invert", onnx_mlp["model"], "--target", "class=1", "--method", "pinv",

@@ -18,6 +18,7 @@ from torch import nn
 from nninv import ClassTarget, NNInvError, invert
 from nninv.methods import Problem
 from nninv.methods._coarse import _Upsample, _Upsampled, coarse_problem, coarse_shape, downsample
+from nninv.methods.optimize import OptimizeOptions
 from nninv.priors import BatchNormPrior, GaussianPrior, TotalVariation
 from tolerances import EPS
 
@@ -111,10 +112,11 @@ def test_coarse_problem_resamples_x0_and_tensor_bounds():
     hi = torch.ones(1, 12, 12, dtype=F64)
     hi[:, :6] = 0.5
     problem = Problem(net, y, None, (1, 12, 12), (4,), F64, torch.device("cpu"), 1e-8)
-    sub, up = coarse_problem(problem, 6, {"x0": x0, "bounds": (lo, hi)})
+    sub, up = coarse_problem(problem, 6, OptimizeOptions(x0=x0, bounds=(lo, hi)))
     assert sub.input_shape == (1, 6, 6) and sub.prior is None
-    assert torch.allclose(sub.options["x0"], F.avg_pool2d(x0, 2), atol=1e-15)
-    lo_c, hi_c = sub.options["bounds"]
+    assert isinstance(sub.options, OptimizeOptions)
+    assert torch.allclose(sub.options.x0, F.avg_pool2d(x0, 2), atol=1e-15)
+    lo_c, hi_c = sub.options.bounds
     assert torch.equal(lo_c, torch.zeros(1, 6, 6, dtype=F64))
     assert torch.allclose(hi_c[:, :3], torch.full((1, 3, 6), 0.5, dtype=F64))
     assert torch.allclose(hi_c[:, 3:], torch.ones(1, 3, 6, dtype=F64))
@@ -122,8 +124,8 @@ def test_coarse_problem_resamples_x0_and_tensor_bounds():
     u = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(4), dtype=F64)
     with torch.no_grad():
         assert torch.equal(sub.model(u), net(up(u)))
-    sub, _ = coarse_problem(problem, 6, {"bounds": (0.0, 1.0)})
-    assert sub.options["bounds"] == (0.0, 1.0)  # scalar bounds kept as they are
+    sub, _ = coarse_problem(problem, 6, OptimizeOptions(bounds=(0.0, 1.0)))
+    assert sub.options.bounds == (0.0, 1.0)  # scalar bounds kept as they are
 
 
 def test_exact_outputs_float64_with_coarse_stage():
@@ -195,3 +197,26 @@ def test_model_modes_and_running_stats_untouched():
     )  # fmt: skip
     assert not any(m.training for m in net.modules())
     assert all(torch.equal(a, b) for a, b in zip(before, net.buffers(), strict=True))
+
+
+def test_x0_gives_the_input_shape_of_a_conv_net():
+    """README's data-free recipe as written: no input_shape, the model starts with Conv2d.
+
+    Before ``x0``'s shape was used, this raised "cannot tell the input shape of a
+    model that starts with Conv2d".
+    """
+    net = bn_cnn(7, torch.float32)
+    prior = BatchNormPrior(net, first_multiplier=10) + 0.1 * TotalVariation(beta=2)
+    labels = torch.tensor([0, 1, 2, 3])
+    x0 = 0.1 * torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(9))
+    inv = invert(
+        net, ClassTarget(labels, confidence=0.99), prior=prior, bounds=(0, 1), x0=x0, coarse=6,
+        progress=False,
+    )  # fmt: skip
+    assert inv.method == "optimize"  # auto: a class target, and x0
+    assert inv.x.shape == (4, 1, 12, 12)
+    assert bool(inv.converged.all()), inv.reasons
+    with torch.no_grad():
+        assert torch.equal(net(inv.x).argmax(1), labels)
+    with pytest.raises(NNInvError, match="cannot tell the input shape"):
+        invert(net, ClassTarget(labels), prior=prior, bounds=(0, 1), progress=False)

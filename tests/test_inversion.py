@@ -26,6 +26,10 @@ ACTS = {
 }
 
 
+#: Two outputs of the seed's model shape (2, 10).
+Y_HALF = torch.full((2, 10), 0.3, dtype=torch.float64)
+
+
 def random_chain(widths, act, dtype, seed):
     torch.manual_seed(seed)
     layers = []
@@ -381,13 +385,152 @@ def test_unknown_method_lists_valid_ones(seed_model):
 
 
 def test_unknown_option(seed_model):
-    with pytest.raises(NNInvError, match="unknown option"):
+    with pytest.raises(NNInvError, match="unknown option.*frobnicate.*'pinv'.*takes none"):
         invert(
             seed_model(),
             torch.full((1, 10), 0.5, dtype=torch.float64),
             method="pinv",
             frobnicate=True,
         )
+    with pytest.raises(NNInvError, match="unknown option.*frobnicate.*valid: hidden_samples$"):
+        gauss = GaussianPrior.fit(torch.rand(50, 784, dtype=torch.float64))
+        invert(seed_model(), Y_HALF, method="analytic", prior=gauss, frobnicate=1)
+    # auto: no method takes it, and the message says what each candidate takes
+    with pytest.raises(
+        NNInvError, match=r"no method takes frobnicate.*pinv: none; optimize: bounds"
+    ):
+        invert(seed_model(), torch.full((1, 10), 0.5, dtype=torch.float64), frobnicate=True)
+
+
+# --- shared arguments, options and the auto rule ----------------------------------------
+
+
+def test_bounds_with_auto_picks_optimize(seed_model):
+    """Issue 26: ``invert(f, y, bounds=(0, 1))`` raised "unknown option(s) bounds; valid: "."""
+    f = seed_model(n=20, m=3)
+    x = torch.rand(2, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        y = f(x)
+    inv = invert(f, y, bounds=(0, 1), progress=False)
+    assert inv.method == "optimize"
+    assert bool(inv.converged.all()), inv.reasons
+    assert float(inv.x.min()) >= 0 and float(inv.x.max()) <= 1
+    assert float(inv.residual.max()) <= EPS[torch.float64]["residual"]
+
+
+@pytest.mark.parametrize("method", ["pinv", "analytic"])
+@pytest.mark.parametrize("shared", ["bounds", "x0"])
+def test_closed_forms_refuse_bounds_and_x0(seed_model, method, shared):
+    prior = GaussianPrior.fit(torch.rand(50, 784, dtype=torch.float64))
+    value = (0, 1) if shared == "bounds" else torch.zeros(2, 784, dtype=torch.float64)
+    with pytest.raises(NNInvError, match=rf"'{method}' does not take {shared}.*decoder, optimize"):
+        invert(seed_model(), Y_HALF, method=method, prior=prior, **{shared: value})
+
+
+def test_seed_is_accepted_by_every_method_and_reaches_optimize(seed_model):
+    f = seed_model()
+    assert torch.equal(invert(f, Y_HALF, method="pinv", seed=3).x, invert(f, Y_HALF).x)
+    g = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    y = torch.tensor([[0.1, -0.2], [0.3, 0.0]], dtype=torch.float64)
+    kw = {"method": "optimize", "restarts": 3, "progress": False}
+    a, b = invert(g, y, seed=7, **kw), invert(g, y, options={"seed": 7}, **kw)
+    assert torch.equal(a.x, b.x)
+    with pytest.raises(NNInvError, match="seed given twice"):
+        invert(g, y, seed=7, options={"seed": 7}, **kw)
+
+
+def test_options_dict_keywords_and_dataclass_agree(seed_model):
+    from nninv.methods.optimize import OptimizeOptions
+
+    g = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    y = torch.tensor([[0.1, -0.2]], dtype=torch.float64)
+    runs = [
+        invert(g, y, method="optimize", restarts=2, progress=False),
+        invert(g, y, method="optimize", options={"restarts": 2, "progress": False}),
+        invert(g, y, options=OptimizeOptions(restarts=2, progress=False)),  # auto: its method
+    ]
+    assert all(r.method == "optimize" for r in runs)
+    assert all(torch.equal(r.x, runs[0].x) for r in runs)
+    with pytest.raises(NNInvError, match="restarts given twice"):
+        invert(g, y, method="optimize", options={"restarts": 2}, restarts=2)
+    with pytest.raises(NNInvError, match="OptimizeOptions do not belong to method 'pinv'"):
+        invert(seed_model(), Y_HALF, method="pinv", options=OptimizeOptions())
+    with pytest.raises(NNInvError, match="options must be a dict"):
+        invert(seed_model(), Y_HALF, options=[("restarts", 2)])
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("restarts", 0, "option restarts must be a positive integer, got 0"),
+        ("retries", -1, "option retries must be a non-negative integer"),
+        ("seed", 1.5, "option seed must be an integer"),
+        ("precision", "half", "option precision must be 'mixed' or 'full'"),
+        ("whiten_rank", True, "option whiten_rank must be a non-negative integer or None"),
+    ],
+)
+def test_optimize_options_checked_when_built(seed_model, name, value, match):
+    from nninv.methods.optimize import OptimizeOptions
+
+    with pytest.raises(NNInvError, match=match):
+        OptimizeOptions(**{name: value})
+    with pytest.raises(NNInvError, match=match):  # by invert, before any work
+        invert(seed_model(), Y_HALF, method="optimize", options={name: value})
+
+
+def test_options_classes_are_frozen_and_listed():
+    from nninv.methods import METHODS, method_options, takes
+
+    for name in METHODS:
+        cls = method_options(name)
+        assert cls is not None and cls.__dataclass_params__.frozen, name
+    assert takes("optimize", "bounds") and takes("decoder", "x0") and not takes("pinv", "bounds")
+    with pytest.raises(NNInvError, match="must be a frozen dataclass"):
+        nninv.methods.register("bad", options=dict)
+
+
+def test_choose_method_rule(seed_model):
+    from nninv.methods import choose_method
+
+    f = seed_model()
+    gauss = GaussianPrior.fit(torch.rand(50, 784, dtype=torch.float64))
+    dec = object()  # only the names of the options matter to the rule
+    relu = nn.Sequential(nn.Linear(784, 10), nn.GELU()).double()
+    cases = [
+        ((f, Y_HALF), {}, "pinv"),
+        ((f, Y_HALF, gauss), {}, "analytic"),
+        ((f, Y_HALF), {"bounds": (0, 1)}, "optimize"),
+        ((f, Y_HALF, gauss), {"x0": torch.zeros(2, 784)}, "optimize"),
+        ((f, ClassTarget([1, 2])), {}, "optimize"),
+        ((relu, Y_HALF), {}, "optimize"),
+        ((f, Y_HALF), {"options": {"restarts": 2}}, "optimize"),
+        ((f, Y_HALF, gauss), {"options": {"hidden_samples": 10}}, "analytic"),
+        ((f, Y_HALF), {"options": {"decoder": dec}}, "decoder"),
+        ((f, Y_HALF), {"options": {"decoder": dec}, "bounds": (0, 1)}, "decoder"),
+    ]
+    for args, kw, want in cases:
+        assert choose_method(*args, **kw) == want, (kw, want)
+    with pytest.raises(NNInvError, match="no method takes hidden_samples, restarts"):
+        choose_method(f, Y_HALF, gauss, options={"restarts": 1, "hidden_samples": 2})
+    with pytest.raises(NNInvError, match="no method takes hidden_samples.*tried pinv, optimize"):
+        choose_method(f, Y_HALF, options={"hidden_samples": 2})  # analytic needs a prior
+
+
+def test_reasons_is_a_field_and_agrees_with_info():
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(10, 784), nn.Sigmoid()).double()
+    with torch.no_grad():
+        y = f(torch.rand(2, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    y[1, :5] = 0.9  # not an output of this reverse net
+    with pytest.warns(NNInvWarning, match="did not converge"):
+        inv = invert(f, y, method="pinv")
+    assert inv.reasons is inv.info["reasons"] and len(inv.reasons) == 2
+    assert inv.reasons[0] is None and "not in the range" in inv.reasons[1]
+    assert inv.converged.tolist() == [True, False]
+    plain = nninv.Inversion(inv.x, inv.residual, inv.converged, 0, "pinv")
+    assert plain.reasons == [None, None]
+    with pytest.raises(ValueError, match="reasons has 1 entries for 2 samples"):
+        nninv.Inversion(inv.x, inv.residual, inv.converged, 0, "pinv", {}, ["x"])
 
 
 def test_analytic_needs_prior(seed_model):
@@ -497,3 +640,24 @@ def test_all_finite_one_pass_check():
         assert not all_finite(u)
         assert not all_finite(u.float())
     assert all_finite(torch.empty(0, 10)) and all_finite(torch.arange(5))
+
+
+def test_decoder_takes_x0_as_its_start():
+    from nninv.learned import Decoder
+
+    g = torch.Generator().manual_seed(0)
+    f = nn.Sequential(nn.Linear(20, 3), nn.Sigmoid()).double()
+    X = torch.rand(200, 20, generator=g, dtype=torch.float64)
+    dec = Decoder.fit(f, X, hidden=(16,), epochs=2, progress=False)
+    with torch.no_grad():
+        y = f(X[:3])
+    start = X[3:6]
+    a = invert(f, y, decoder=dec, x0=start)  # auto: decoder= picks "decoder"
+    b = invert(f, y, method="decoder", decoder=dec, start=start)
+    assert a.method == b.method == "decoder"
+    assert torch.equal(a.x, b.x) and bool(a.converged.all())
+    assert not torch.equal(a.x, invert(f, y, decoder=dec).x)  # the start matters
+    with pytest.raises(NNInvError, match="x0 or its older name start, not both"):
+        invert(f, y, decoder=dec, x0=start, start=start)
+    with pytest.raises(NNInvError, match=r"x0 has shape \(2, 20\); expected \(3, 20\)"):
+        invert(f, y, decoder=dec, x0=start[:2])

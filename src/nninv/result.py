@@ -29,8 +29,13 @@ class Inversion:
     method : str
         The registered name of the method.
     info : dict
-        Method-specific details, e.g. ``"reason"`` (a list of str per sample for
-        samples that did not converge), ``"tol"``, timings, warnings issued.
+        ``"tol"`` (the tolerance ``converged`` used), ``"reasons"`` (the same list
+        as :attr:`reasons`, kept for code written before the field), and
+        method-specific details: timings, ``"edge_values_moved"``, a decoder's
+        ``"raw_residual"``, optimize's ``"retries"``...
+    reasons : list of (str or None)
+        One per sample: why it did not converge (the iteration limit, a stalled
+        violation, the residual above ``tol``...), None for a converged sample.
     """
 
     x: Tensor
@@ -39,6 +44,15 @@ class Inversion:
     iterations: int
     method: str
     info: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.reasons:
+            object.__setattr__(self, "reasons", [None] * int(self.x.shape[0]))
+        elif len(self.reasons) != int(self.x.shape[0]):
+            raise ValueError(
+                f"reasons has {len(self.reasons)} entries for {int(self.x.shape[0])} samples"
+            )
 
     def __len__(self) -> int:
         return int(self.x.shape[0])

@@ -240,18 +240,24 @@ def _check_method(name: str) -> None:
 
 
 def _pick_method(
-    name: str, bounds: tuple[float, float] | None, chain: Any, prior: Any, target: Any
+    name: str,
+    bounds: tuple[float, float] | None,
+    chain: Any,
+    prior: Any,
+    target: Any,
+    x0: Any = None,
+    options: dict[str, Any] | None = None,
 ) -> str:
-    """The method ``invert`` will run: ``auto`` resolved here, so options can follow it."""
-    from ..methods import METHODS
-    from ..methods.invert import _auto_method
+    """The method ``invert`` will run: ``auto`` resolved here by the library's own rule
+    (:func:`nninv.methods.choose_method`), so that the options can follow it."""
+    from ..methods import METHODS, choose_method, takes
 
     if name == "auto":
-        # pinv and analytic aim at exact outputs without bounds; optimize does the rest.
-        name = "optimize" if bounds is not None else _auto_method(chain, prior, target)
-    elif bounds is not None and name not in ("optimize", "decoder"):
+        name = choose_method(chain, target, prior, bounds=bounds, x0=x0, options=options)
+    elif bounds is not None and name in METHODS and not takes(name, "bounds"):
+        can = sorted((m for m in METHODS if takes(m, "bounds")), key=lambda m: (m != "optimize", m))
         raise NNInvError(
-            f"--bounds needs --method optimize or decoder; {name} solves without bounds"
+            f"--bounds needs --method {' or '.join(can)}; {name} solves without bounds"
         )
     if name not in METHODS:
         why = "--bounds" if bounds is not None else "this model or target"
@@ -416,29 +422,28 @@ def run(args: argparse.Namespace) -> int:
     if value_range is None and X is not None and float(X.min()) < float(X.max()):
         value_range = (float(X.min()), float(X.max()))
 
+    options: dict[str, Any] = {}
+    x0 = None
     if args.decoder is not None:
         from ..learned import Decoder
 
         decoder = Decoder.load(args.decoder)
         decoder.check_model(in_shape, out_shape, model)
-        method = "decoder"
-    else:
-        auto = "optimize" if args.prior == "batchnorm" and args.method == "auto" else args.method
-        method = _pick_method(auto, bounds, chain, prior, target)
-    options: dict[str, Any] = {}
-    if method == "decoder":
         options["decoder"] = decoder
+    elif args.prior == "batchnorm" and args.method in ("auto", "optimize"):
+        # features of a constant input have no spatial variance, where the prior's
+        # gradient vanishes: start from faint seeded noise (also makes samples differ);
+        # with a start, auto picks optimize
+        g = torch.Generator().manual_seed(args.seed)
+        n = len(labels) if labels is not None else len(target)
+        lo = bounds[0] if bounds is not None else 0.0
+        x0 = lo + 0.1 * torch.rand(n, *in_shape, generator=g, dtype=mdtype)
+    method = _pick_method(args.method, bounds, chain, prior, target, x0, options)
     if bounds is not None:
         options["bounds"] = bounds
     if method == "optimize":
         options["seed"] = args.seed
-        if args.prior == "batchnorm":
-            # features of a constant input have no spatial variance, where the prior's
-            # gradient vanishes: start from faint seeded noise (also makes samples differ)
-            g = torch.Generator().manual_seed(args.seed)
-            n = len(labels) if labels is not None else len(target)
-            lo = bounds[0] if bounds is not None else 0.0
-            x0 = lo + 0.1 * torch.rand(n, *in_shape, generator=g, dtype=mdtype)
+        if x0 is not None:
             options["x0"] = x0
         coarse = _coarse(args.coarse, in_shape, args.prior == "batchnorm")
         if coarse is not None:

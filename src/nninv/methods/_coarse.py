@@ -103,12 +103,11 @@ def downsample(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     return v.reshape(*lead, *shape)
 
 
-def coarse_problem(
-    problem: Problem, size: Any, options: dict[str, Any]
-) -> tuple[Problem, _Upsample]:
+def coarse_problem(problem: Problem, size: Any, options: Any) -> tuple[Problem, _Upsample]:
     """The problem over coarse images, and the upsampling that maps its answers back.
 
-    ``options`` are the fine run's options (without ``coarse``); ``x0`` and tensor
+    ``options`` are the fine run's options (a dataclass with fields ``x0`` and
+    ``bounds``, such as ``OptimizeOptions`` without ``coarse``); ``x0`` and tensor
     ``bounds`` are area-averaged to the coarse size, scalar bounds kept (bilinear
     upsampling keeps a coarse image inside them).
     """
@@ -116,17 +115,17 @@ def coarse_problem(
     up = _Upsample(problem.input_shape)
     model = nn.Sequential(up, problem.model)
     prior = None if problem.prior is None else _Upsampled(problem.prior, up, shape)
-    opts = dict(options)
-    if opts.get("x0") is not None:
-        x0 = torch.as_tensor(opts["x0"]).to(problem.device, problem.dtype)
-        opts["x0"] = downsample(x0.reshape(problem.n, *problem.input_shape), shape)
-    bounds = opts.get("bounds")
+    changes: dict[str, Any] = {}
+    if options.x0 is not None:
+        x0 = torch.as_tensor(options.x0).to(problem.device, problem.dtype)
+        changes["x0"] = downsample(x0.reshape(problem.n, *problem.input_shape), shape)
+    bounds = options.bounds
     if bounds is not None:
         try:
             lo, hi = bounds
         except (TypeError, ValueError):
             raise NNInvError(f"bounds must be a pair (lo, hi), got {bounds!r}") from None
-        opts["bounds"] = tuple(
+        changes["bounds"] = tuple(
             downsample(
                 torch.broadcast_to(torch.as_tensor(b, dtype=problem.dtype), problem.input_shape),
                 shape,
@@ -135,6 +134,7 @@ def coarse_problem(
             else b
             for b in (lo, hi)
         )
+    opts = dataclasses.replace(options, **changes)
     sub = dataclasses.replace(
         problem, model=model, prior=prior, input_shape=shape, options=opts, _chain=None
     )

@@ -15,9 +15,10 @@ still reproduced exactly, but image quality on deep nets is the job of
 
 from __future__ import annotations
 
-__all__ = ["invert_analytic"]
+__all__ = ["AnalyticOptions", "invert_analytic"]
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -43,10 +44,29 @@ def _hidden_prior(prior: Prior, chain: Chain, pos: int, n_samples: int) -> Gauss
     return cache[key]
 
 
-@register("analytic")
+@dataclass(frozen=True)
+class AnalyticOptions:
+    """Options of ``method="analytic"`` (no ``bounds`` nor ``x0``: it is a closed form).
+
+    Attributes
+    ----------
+    hidden_samples : int
+        Draws of the prior pushed through the layers before a hidden layer, to fit
+        the Gaussian that chooses its vector (4096; drawn with a fixed seed).
+    """
+
+    hidden_samples: int = 4096
+
+    def __post_init__(self) -> None:
+        v = self.hidden_samples
+        if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+            raise NNInvError(f"option hidden_samples must be an integer >= 2, got {v!r}")
+
+
+@register("analytic", options=AnalyticOptions)
 def invert_analytic(problem: Problem) -> Solution:
-    """Conditional mean under the prior. Options: ``hidden_samples`` (int, 4096)."""
-    opts = problem.take_options(hidden_samples=4096)
+    """Conditional mean under the prior. Options: :class:`AnalyticOptions`."""
+    opts = problem.options_as(AnalyticOptions)
     prior = problem.prior
     if prior is None:
         raise NNInvError(
@@ -62,7 +82,7 @@ def invert_analytic(problem: Problem) -> Solution:
         )
 
     def choose(pos: int, B: Tensor, d: Tensor) -> Tensor:
-        p = prior if pos == 0 else _hidden_prior(prior, chain, pos, opts["hidden_samples"])
+        p = prior if pos == 0 else _hidden_prior(prior, chain, pos, opts.hidden_samples)
         return p.posterior(B).mean(d)
 
     y = _exact_target(problem, "analytic")

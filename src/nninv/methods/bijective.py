@@ -10,8 +10,9 @@ residual by running the model, as for every method.
 
 from __future__ import annotations
 
-__all__ = ["bijective", "is_bijective"]
+__all__ = ["BijectiveOptions", "bijective", "is_bijective"]
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,10 +28,15 @@ def is_bijective(model: Any) -> bool:
     return getattr(model, "bijective", False) is True and callable(getattr(model, "inverse", None))
 
 
-@register("bijective")
+@dataclass(frozen=True)
+class BijectiveOptions:
+    """``method="bijective"`` takes no options: the model's own ``inverse`` decides."""
+
+
+@register("bijective", options=BijectiveOptions)
 def bijective(problem: Problem) -> Solution:
     """Invert with the model's own ``inverse``; its report's flags become ``Solution.ok``."""
-    problem.take_options()
+    problem.options_as(BijectiveOptions)
     model = problem.model
     if not is_bijective(model):
         raise NNInvError(

@@ -16,10 +16,12 @@ converged, with the violation reached.
 
 from __future__ import annotations
 
-__all__ = ["invert_decoder"]
+__all__ = ["DecoderOptions", "invert_decoder"]
 
 import math
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,22 +34,54 @@ from .optimize import _bounds
 from .projection import project
 
 
-@register("decoder")
-def invert_decoder(problem: Problem) -> Solution:
-    """Project the decoder's ``g(y)`` onto the preimage of ``y``.
+@dataclass(frozen=True)
+class DecoderOptions:
+    """Options of ``method="decoder"``, checked when built.
 
-    Options
-    -------
+    Attributes
+    ----------
     decoder : Decoder
         Required: a decoder trained for this model (``Decoder.fit(model, X)``
         or ``Decoder.load(path)``); its shapes must match the model's.
     bounds : (float, float) or (Tensor, Tensor), optional
         ``lo <= x <= hi`` elementwise, held exactly during the projection.
-    max_iter : int
-        Gauss-Newton iterations at most (30).
-    start : Tensor, optional
+    x0 : Tensor, optional
         ``(N, *input_shape)`` starting points instead of ``g(y)`` (e.g. draws of a
         :class:`~nninv.learned.ConditionalFlow`); the metric stays the decoder's.
+    start : Tensor, optional
+        The older name of ``x0``; give one of them.
+    max_iter : int
+        Gauss-Newton iterations at most (30).
+    """
+
+    decoder: Any = None
+    bounds: Any = None
+    x0: Any = None
+    start: Any = None
+    max_iter: int = 30
+
+    def __post_init__(self) -> None:
+        dec = self.decoder
+        if dec is None:
+            raise NNInvError(
+                "method='decoder' needs decoder=Decoder (train one with "
+                "nninv.learned.Decoder.fit(model, X), or Decoder.load(path))"
+            )
+        if not isinstance(dec, Decoder):
+            raise NNInvError(
+                f"option decoder must be a nninv.learned.Decoder, got {type(dec).__name__}"
+            )
+        positive_int(self.max_iter, "option max_iter")
+        if self.x0 is not None and self.start is not None:
+            raise NNInvError("give x0 or its older name start, not both")
+
+
+@register("decoder", options=DecoderOptions)
+def invert_decoder(problem: Problem) -> Solution:
+    """Project the decoder's ``g(y)`` onto the preimage of ``y``.
+
+    Options: :class:`DecoderOptions` (``bounds`` and ``x0`` are
+    :func:`nninv.invert`'s own arguments).
 
     Info
     ----
@@ -68,42 +102,34 @@ def invert_decoder(problem: Problem) -> Solution:
     >>> bool(inv.converged.all()), float(inv.residual.max()) < 1e-10
     (True, True)
     """
-    opts = problem.take_options(decoder=None, bounds=None, max_iter=30, start=None)
+    opts = problem.options_as(DecoderOptions)
     t0 = time.perf_counter()
-    dec = opts["decoder"]
-    if dec is None:
-        raise NNInvError(
-            "method='decoder' needs decoder=Decoder (train one with "
-            "nninv.learned.Decoder.fit(model, X), or Decoder.load(path))"
-        )
-    if not isinstance(dec, Decoder):
-        raise NNInvError(
-            f"option decoder must be a nninv.learned.Decoder, got {type(dec).__name__}"
-        )
+    dec = opts.decoder
     if isinstance(problem.target, ClassTarget):
         raise NNInvError(
             "method='decoder' inverts exact outputs; for a ClassTarget use method='optimize'"
         )
     dec.check_model(problem.input_shape, problem.output_shape, problem.model)
-    max_iter = positive_int(opts["max_iter"], "option max_iter")
+    max_iter = opts.max_iter
     dtype, device = problem.dtype, problem.device
-    lo, hi = _bounds(opts["bounds"], problem.input_shape, dtype, device)
+    lo, hi = _bounds(opts.bounds, problem.input_shape, dtype, device)
     N, n = problem.n, math.prod(problem.input_shape)
     y = problem.target
     assert not isinstance(y, ClassTarget)
 
-    if opts["start"] is None:
+    start, name = (opts.x0, "x0") if opts.x0 is not None else (opts.start, "option start")
+    if start is None:
         x0 = dec(y).to(device, dtype).reshape(N, n)
     else:
-        x0 = torch.as_tensor(opts["start"]).to(device, dtype)
+        x0 = torch.as_tensor(start).to(device, dtype)
         if x0.shape[0] != N or x0[0].numel() != n:
             raise NNInvError(
-                f"option start has shape {tuple(x0.shape)}; expected ({N}, "
+                f"{name} has shape {tuple(x0.shape)}; expected ({N}, "
                 f"{', '.join(map(str, problem.input_shape))})"
             )
         x0 = x0.reshape(N, n)
         if not bool(torch.isfinite(x0).all()):
-            raise NNInvError("option start contains NaN or inf")
+            raise NNInvError(f"{name} contains NaN or inf")
     p = project(
         problem.chain,
         y,

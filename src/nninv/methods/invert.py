@@ -11,9 +11,10 @@ from __future__ import annotations
 
 __all__ = ["DEFAULT_TOL", "invert"]
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,8 +28,7 @@ from ..model.outputs import as_output, check_range, residual_of
 from ..priors import Prior
 from ..result import Inversion
 from ..targets import ClassTarget
-from . import Problem, get_method
-from .bijective import is_bijective
+from . import Problem, _set_fields, choose_method, get_method, make_options, method_options
 
 #: Default residual tolerance for ``converged``, per dtype.
 DEFAULT_TOL = {torch.float64: 1e-5, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -44,9 +44,13 @@ def invert(
     method: str = "auto",
     prior: Prior | None = None,
     *,
+    bounds: Any = None,
+    x0: Any = None,
+    seed: int | None = None,
     tol: float | None = None,
     input_shape: Sequence[int] | None = None,
-    **options: Any,
+    options: Mapping[str, Any] | Any = None,
+    **kwargs: Any,
 ) -> Inversion:
     """Find inputs ``x`` with ``model(x) = target``.
 
@@ -63,20 +67,39 @@ def invert(
         ``"optimize"`` (any differentiable model, when installed), ``"bijective"``
         (the exact inverse of a model invertible by construction, e.g.
         :class:`nninv.invertible.BijectiveClassifier`), or ``"auto"``:
-        ``"bijective"`` for such a model and an exact target, ``"analytic"`` with a
-        prior that conditions in closed form on a chain of known layers, ``"pinv"``
-        without a prior, otherwise ``"optimize"``.
+        the first method in the order ``"bijective"`` (such a model, an exact
+        target), ``"pinv"`` (no prior) or ``"analytic"`` (a prior that conditions
+        in closed form; both need an exact target and a chain of known layers),
+        ``"optimize"``, ``"decoder"`` that takes every argument and option given
+        (:func:`nninv.methods.choose_method`): ``bounds`` or ``x0`` rule out the
+        closed forms, ``decoder=`` picks ``"decoder"``.
     prior : Prior, optional
         A prior over inputs, e.g. ``GaussianPrior.fit(X)``.
+    bounds : (float, float) or (Tensor, Tensor), optional
+        ``lo <= x <= hi`` elementwise, held exactly (methods ``"optimize"`` and
+        ``"decoder"``; another method named explicitly raises).
+    x0 : Tensor, optional
+        Starting inputs shaped ``(N, *input_shape)`` (methods ``"optimize"`` and
+        ``"decoder"``); its shape gives the input shape of a model that does not
+        tell it.
+    seed : int, optional
+        Seeds the random draws of a method that makes some (``"optimize"``'s
+        restarts and retries; default 0); the other methods draw nothing.
     tol : float, optional
         Residual tolerance for ``converged``; defaults to :data:`DEFAULT_TOL`
         for the computation dtype (1e-5 in float64, 1e-4 in float32).
     input_shape : sequence of int, optional
         The input shape without the batch dimension, when the model does not
-        tell it (defaults to the prior's ``event_shape``, or the ``decoder``
-        option's ``input_shape``).
-    **options
-        Passed to the method; unknown names raise :class:`~nninv.NNInvError`.
+        tell it (defaults to the prior's ``event_shape``, the ``decoder``
+        option's ``input_shape``, or ``x0.shape[1:]``).
+    options : dict or the method's options dataclass, optional
+        The method's own options, e.g. ``{"restarts": 4}`` or
+        ``OptimizeOptions(restarts=4)`` (see :func:`nninv.methods.method_options`);
+        validated before the method runs, an unknown name raises
+        :class:`~nninv.NNInvError` listing the valid ones.
+    **kwargs
+        Method options as keywords, merged with ``options`` (``restarts=4`` is
+        ``options={"restarts": 4}``); a name given in both raises.
 
     Returns
     -------
@@ -109,9 +132,13 @@ def invert(
                 f"{type(prior).__name__}"
             )
     mdtype, device = _model_dtype_device(model)
-    # a model that does not tell its input shape takes the prior's, or the decoder's
-    known = getattr(prior, "event_shape", None) or getattr(
-        options.get("decoder"), "input_shape", None
+    given = _gather(options, kwargs, {"bounds": bounds, "x0": x0})
+    # a model that does not tell its input shape takes the prior's, the decoder's, or x0's
+    start = given.get("x0", given.get("start"))
+    known = (
+        getattr(prior, "event_shape", None)
+        or getattr(given.get("decoder"), "input_shape", None)
+        or _shape_of(start)
     )
     if input_shape is None and known is not None:
         try:
@@ -141,14 +168,15 @@ def invert(
             y = yf.reshape(y.shape)
             tgt = y
         if method == "auto":
-            method = _auto_method(chain, prior, tgt)
+            method = choose_method(
+                chain, tgt, prior, options=options if _is_instance(options) else given
+            )
         fn = get_method(method)
+        opts = _method_options(method, options, given, seed)
         tol = float(tol) if tol is not None else DEFAULT_TOL.get(dtype, 1e-4)
         if tol <= 0 or not math.isfinite(tol):
             raise NNInvError(f"tol must be positive and finite, got {tol}")
-        problem = Problem(
-            model, tgt, prior, in_shape, out_shape, dtype, device, tol, dict(options), chain
-        )
+        problem = Problem(model, tgt, prior, in_shape, out_shape, dtype, device, tol, opts, chain)
         sol = fn(problem)
         x = sol.x.detach()
         if tuple(x.shape[1:]) != in_shape:
@@ -182,15 +210,60 @@ def invert(
         warnings.warn(
             f"{n_bad} of {len(x)} samples did not converge: {first}", NNInvWarning, stacklevel=2
         )
-    return Inversion(x, residual, ok, sol.iterations, method, info)
+    return Inversion(x, residual, ok, sol.iterations, method, info, reasons)
 
 
-def _auto_method(chain: Any, prior: Prior | None, target: Any) -> str:
-    if is_bijective(chain.model) and not isinstance(target, ClassTarget):
-        return "bijective"
-    closed = not chain.unsupported and not isinstance(target, ClassTarget)
-    if closed and prior is None:
-        return "pinv"
-    if closed and type(prior).posterior is not Prior.posterior:
-        return "analytic"
-    return "optimize"
+def _is_instance(options: Any) -> bool:
+    """Whether ``options`` is an options dataclass instance (not a mapping or None)."""
+    return dataclasses.is_dataclass(options) and not isinstance(options, type)
+
+
+def _gather(options: Any, kwargs: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+    """The option names given, by any route, with their values (defaults left out).
+
+    ``options`` (a mapping or an options dataclass instance), keyword options and
+    the shared arguments ``bounds`` and ``x0`` that are not None; a name given by two
+    routes raises.
+    """
+    if options is None:
+        given: dict[str, Any] = {}
+    elif isinstance(options, Mapping):
+        given = dict(options)
+    elif _is_instance(options):
+        given = _set_fields(options)
+    else:
+        raise NNInvError(
+            f"options must be a dict or a method's options dataclass, got {type(options).__name__}"
+        )
+    for extra in (kwargs, {k: v for k, v in shared.items() if v is not None}):
+        twice = sorted(set(given) & set(extra))
+        if twice:
+            raise NNInvError(f"option(s) {', '.join(twice)} given twice")
+        given.update(extra)
+    return given
+
+
+def _method_options(method: str, options: Any, given: dict[str, Any], seed: int | None) -> Any:
+    """Method ``method``'s options, built and validated once (a dict for an undeclared class)."""
+    cls = method_options(method)
+    extra = {}
+    if seed is not None:
+        if "seed" in given:
+            raise NNInvError("option(s) seed given twice")
+        # a method that draws nothing at random honours any seed
+        if cls is None or "seed" in {f.name for f in dataclasses.fields(cls)}:
+            extra["seed"] = seed
+    if _is_instance(options) and (cls is None or not isinstance(options, cls)):
+        raise NNInvError(
+            f"options {type(options).__name__} do not belong to method {method!r}"
+            + (f" (its options are {cls.__name__})" if cls is not None else "")
+        )
+    return make_options(method, {**given, **extra})
+
+
+def _shape_of(x0: Any) -> tuple[int, ...] | None:
+    """``x0.shape[1:]`` for a batch of starts ``(N, *input_shape)``, else None."""
+    shape = getattr(x0, "shape", None)
+    if shape is None or len(shape) < 2:
+        return None
+    return tuple(int(s) for s in shape[1:])

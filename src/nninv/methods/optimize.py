@@ -77,13 +77,15 @@ representations by inverting them", CVPR (priors for inversion).
 
 from __future__ import annotations
 
-__all__ = ["invert_optimize"]
+__all__ = ["OptimizeOptions", "invert_optimize"]
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -113,20 +115,84 @@ from .projection import gauss_newton, polish
 #: four times as many values.
 AUTO_WHITEN_RANK = 128
 
-_OPTIONS: dict[str, Any] = {
-    "bounds": None,
-    "x0": None,
-    "restarts": 1,
-    "seed": 0,
-    "max_iter": 1000,
-    "progress": None,
-    "components": 1,
-    "retries": 2,
-    "precision": "mixed",
-    "polish": 2,
-    "whiten_rank": None,
-    "coarse": None,
-}
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """Options of ``method="optimize"``, checked when built.
+
+    Attributes
+    ----------
+    bounds : (float, float) or (Tensor, Tensor), optional
+        ``lo <= x <= hi`` elementwise, held exactly; tensors broadcast to one sample.
+    x0 : Tensor, optional
+        Starting inputs ``(N, *input_shape)`` (clipped into the bounds); default
+        the prior's mean (per component for a mixture), or 0 without a Gaussian
+        part.
+    restarts : int
+        Starts per sample (1); the first is ``x0`` or the mean, the others are
+        drawn from the prior's Gaussian part with ``seed``. The most probable
+        converged answer is kept.
+    seed : int
+        Seeds the random starts; a run is deterministic for a given seed (0).
+    max_iter : int
+        L-BFGS iterations per sample, over all outer iterations (1000).
+    progress : bool, optional
+        Show a progress bar: True always, False never, None (default) when the
+        run takes more than a few seconds.
+    components : int
+        For a mixture prior: how many components (the most probable first) are
+        tried per sample (1).
+    retries : int
+        How many times a sample that failed starts again from a random draw (2).
+    precision : {"mixed", "full"}
+        ``"mixed"`` (default) runs the augmented Lagrangian in float32 when the
+        problem is float64 and projects in float64; ``"full"`` runs all of it in
+        the problem's dtype.
+    polish : int
+        Sequential quadratic programming steps along the constraint set after the
+        projection, each kept only if it lowers ``-log p`` (2; exact targets).
+    whiten_rank : int, optional
+        How many eigen-directions of each covariance the augmented Lagrangian
+        keeps (the rest becomes isotropic with the same trace); 0 keeps the full
+        covariance. Default None: 128 for inputs of at least 512 values, else 0.
+        The projection and polish always use the full covariance. The
+        eigen-decomposition is computed on first use and kept with the prior.
+    coarse : int or (int, int), optional
+        For image inputs ``(C, H, W)`` or ``(H, W)``: first solve over ``(h, w)``
+        images seen through a bilinear upsampling (the model run on ``up(u)``, the
+        prior scored on ``up(u)``, ``x0`` and tensor bounds area-averaged), then
+        start the full-resolution search from the upsampled answers
+        (coarse-to-fine; see :mod:`._coarse`). Worth it for priors without data,
+        such as :class:`~nninv.priors.BatchNormPrior`, which cannot rule out
+        pixel-level patterns by themselves. The coarse stage's answers are only
+        starts: what is returned is judged at full resolution. ``info["coarse"]``
+        holds that stage's converged count and seconds. Default None: no coarse
+        stage.
+    """
+
+    bounds: Any = None
+    x0: Any = None
+    restarts: int = 1
+    seed: int = 0
+    max_iter: int = 1000
+    progress: bool | None = None
+    components: int = 1
+    retries: int = 2
+    precision: Literal["mixed", "full"] = "mixed"
+    polish: int = 2
+    whiten_rank: int | None = None
+    coarse: int | tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("restarts", "components", "max_iter"):
+            _positive_int(getattr(self, name), name)
+        for name in ("retries", "polish"):
+            _positive_int(getattr(self, name), name, zero=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise NNInvError(f"option seed must be an integer, got {self.seed!r}")
+        if self.precision not in ("mixed", "full"):
+            raise NNInvError(f"option precision must be 'mixed' or 'full', got {self.precision!r}")
+        positive_int(self.whiten_rank, "option whiten_rank", minimum=0, allow_none=True)
 
 
 @contextlib.contextmanager
@@ -146,61 +212,15 @@ def _flush_denormal() -> Iterator[None]:
             torch.set_flush_denormal(was)
 
 
-@register("optimize")
+@register("optimize", options=OptimizeOptions)
 def invert_optimize(problem: Problem) -> Solution:
     """The most probable input under the prior that meets the target.
 
     Called by :func:`nninv.invert` with ``method="optimize"``; see the module
     docstring for the algorithm.
 
-    Options
-    -------
-    bounds : (float, float) or (Tensor, Tensor), optional
-        ``lo <= x <= hi`` elementwise, held exactly; tensors broadcast to one sample.
-    x0 : Tensor, optional
-        Starting inputs ``(N, *input_shape)`` (clipped into the bounds); default
-        the prior's mean (per component for a mixture), or 0 without a Gaussian
-        part.
-    restarts : int
-        Starts per sample (1); the first is ``x0`` or the mean, the others are
-        drawn from the prior's Gaussian part with ``seed``. The most probable
-        converged answer is kept.
-    seed : int
-        Seeds the random starts; a run is deterministic for a given seed.
-    max_iter : int
-        L-BFGS iterations per sample, over all outer iterations (1000).
-    progress : bool, optional
-        Show a progress bar: True always, False never, None (default) when the
-        run takes more than a few seconds.
-    components : int
-        For a mixture prior: how many components (the most probable first) are
-        tried per sample (1).
-    retries : int
-        How many times a sample that failed starts again from a random draw (2).
-    polish : int
-        Sequential quadratic programming steps along the constraint set after the
-        projection, each kept only if it lowers ``-log p`` (2; exact targets).
-    precision : {"mixed", "full"}
-        ``"mixed"`` (default) runs the augmented Lagrangian in float32 when the
-        problem is float64 and projects in float64; ``"full"`` runs all of it in
-        the problem's dtype.
-    whiten_rank : int, optional
-        How many eigen-directions of each covariance the augmented Lagrangian
-        keeps (the rest becomes isotropic with the same trace); 0 keeps the full
-        covariance. Default None: 128 for inputs of at least 512 values, else 0.
-        The projection and polish always use the full covariance. The
-        eigen-decomposition is computed on first use and kept with the prior.
-    coarse : int or (int, int), optional
-        For image inputs ``(C, H, W)`` or ``(H, W)``: first solve over ``(h, w)``
-        images seen through a bilinear upsampling (the model run on ``up(u)``, the
-        prior scored on ``up(u)``, ``x0`` and tensor bounds area-averaged), then
-        start the full-resolution search from the upsampled answers
-        (coarse-to-fine; see :mod:`._coarse`). Worth it for priors without data,
-        such as :class:`~nninv.priors.BatchNormPrior`, which cannot rule out
-        pixel-level patterns by themselves. The coarse stage's answers are only
-        starts: what is returned is judged at full resolution. ``info["coarse"]``
-        holds that stage's converged count and seconds. Default None: no coarse
-        stage.
+    Options: :class:`OptimizeOptions` (``bounds``, ``x0`` and ``seed`` are
+    :func:`nninv.invert`'s own arguments).
 
     Examples
     --------
@@ -221,16 +241,16 @@ def invert_optimize(problem: Problem) -> Solution:
 
 
 def _invert(problem: Problem) -> Solution:
-    opts = problem.take_options(**_OPTIONS)
+    opts = problem.options_as(OptimizeOptions)
     t_start = time.perf_counter()
     coarse_info = None
-    if opts["coarse"] is not None:
+    if opts.coarse is not None:
         # coarse-to-fine: the answers over coarse images, upsampled, are the starts
-        fine = {k: v for k, v in problem.options.items() if k != "coarse"}
-        sub, up = coarse_problem(problem, opts["coarse"], fine)
+        fine = dataclasses.replace(opts, coarse=None)
+        sub, up = coarse_problem(problem, opts.coarse, fine)
         rough = _invert(sub)
         with torch.no_grad():
-            opts["x0"] = up(rough.x)
+            opts = dataclasses.replace(opts, x0=up(rough.x))
         coarse_info = {
             "shape": sub.input_shape,
             "converged": int(rough.ok.sum()) if rough.ok is not None else problem.n,
@@ -238,20 +258,12 @@ def _invert(problem: Problem) -> Solution:
         }
     dtype, device = problem.dtype, problem.device
     N = problem.n
-    restarts = _positive_int(opts["restarts"], "restarts")
-    n_comp = _positive_int(opts["components"], "components")
-    max_iter = _positive_int(opts["max_iter"], "max_iter")
-    retries = _positive_int(opts["retries"], "retries", zero=True)
-    polish_steps = _positive_int(opts["polish"], "polish", zero=True)
-    seed = opts["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise NNInvError(f"option seed must be an integer, got {seed!r}")
-    if opts["precision"] not in ("mixed", "full"):
-        raise NNInvError(f"option precision must be 'mixed' or 'full', got {opts['precision']!r}")
-    lo, hi = _bounds(opts["bounds"], problem.input_shape, dtype, device)
+    restarts, n_comp, max_iter = opts.restarts, opts.components, opts.max_iter
+    retries, polish_steps, seed = opts.retries, opts.polish, opts.seed
+    lo, hi = _bounds(opts.bounds, problem.input_shape, dtype, device)
     # the augmented Lagrangian only has to come near the solution: in float64 problems
     # it runs in float32 (about twice as fast), and the projection restores float64
-    mixed = opts["precision"] == "mixed" and dtype == torch.float64
+    mixed = opts.precision == "mixed" and dtype == torch.float64
     wdtype = torch.float32 if mixed else dtype
 
     fn = _ModelFunctions(problem.model, problem.chain, dtype, device)
@@ -263,9 +275,9 @@ def _invert(problem: Problem) -> Solution:
         fn_w = _ModelFunctions(problem.model, problem.chain, wdtype, device)
         cons_w = _Constraint.build(problem.target, fn_w, wdtype, device)
         coords_w = _Coords.build(problem.prior, problem.input_shape, wdtype, device)
-    coords_w = coords_w.low_rank(_whiten_rank(opts["whiten_rank"], math.prod(problem.input_shape)))
+    coords_w = coords_w.low_rank(_whiten_rank(opts.whiten_rank, math.prod(problem.input_shape)))
     lo_w, hi_w = (None, None) if lo is None else (lo.to(wdtype), hi.to(wdtype))
-    x0 = _start(opts["x0"], problem, lo, hi)
+    x0 = _start(opts.x0, problem, lo, hi)
 
     comp_ids, n_comp = _choose_components(coords, cons, N, n_comp, lo, hi)
     n_starts = restarts * n_comp
@@ -282,7 +294,7 @@ def _invert(problem: Problem) -> Solution:
 
     T = len(rows)
     track = _Track(T, device, max_iter)
-    bar = _progress_bar(opts["progress"])
+    bar = _progress_bar(opts.progress)
     AL = _AugmentedLagrangian
 
     def solve(sel: Tensor, x_start: Tensor) -> tuple[Tensor, Tensor]:
@@ -376,7 +388,6 @@ def _whiten_rank(v: Any, n: int) -> int:
     """The rank the augmented Lagrangian keeps of each covariance (0: all of it)."""
     if v is None:
         return AUTO_WHITEN_RANK if n >= 4 * AUTO_WHITEN_RANK else 0
-    v = positive_int(v, "option whiten_rank", minimum=0, allow_none=True)
     return v if v < n else 0
 
 

@@ -10,7 +10,9 @@ images is noise: only the row-space part of the true input survives.
 
 from __future__ import annotations
 
-__all__ = ["invert_pinv"]
+__all__ = ["PinvOptions", "invert_pinv"]
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -20,10 +22,15 @@ from . import Problem, Solution, register
 from ._layerwise import backward_pass
 
 
-@register("pinv")
+@dataclass(frozen=True)
+class PinvOptions:
+    """``method="pinv"`` takes no options (nor ``bounds`` or ``x0``: it is a closed form)."""
+
+
+@register("pinv", options=PinvOptions)
 def invert_pinv(problem: Problem) -> Solution:
-    """Minimum-norm inversion, layer by layer. Options: none."""
-    problem.take_options()
+    """Minimum-norm inversion, layer by layer. Options: none (:class:`PinvOptions`)."""
+    problem.options_as(PinvOptions)
     chain = problem.chain
     chain.require_closed_form("pinv")
 
