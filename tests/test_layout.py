@@ -31,6 +31,7 @@ PUBLIC_API = [
     "Polyhedron",
     "Posterior",
     "Preimage",
+    "Region",
     "__version__",
     "closest",
     "diagnose",
@@ -39,6 +40,7 @@ PUBLIC_API = [
     "posterior",
     "preimage",
     "priors",
+    "region",
 ]
 
 #: Public submodules and the names README documents in them.
@@ -60,6 +62,7 @@ PUBLIC_MODULES = {
     "nninv.geometry": ["Closest", "Extent", "Preimage", "Samples", "closest", "preimage"],
     "nninv.distributed": ["DatasetRun", "StreamResult", "invert_dataset", "invert_file"],
     "nninv.cli": ["main"],
+    "nninv.region": ["MODES", "Polytope", "Region", "region"],
     "nninv.invertible": [
         "ActNorm",
         "AdditiveCoupling",
@@ -88,6 +91,7 @@ LAYERS = {
     "invertible": 2,
     "methods": 3,
     "geometry": 4,
+    "region": 4,
     "distributed": 4,
     "figures": 5,
     "cli": 5,

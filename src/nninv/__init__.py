@@ -36,6 +36,10 @@ from .methods.posterior import Posterior, posterior  # noqa: E402
 
 __all__ += ["Closest", "Posterior", "Preimage", "closest", "posterior", "preimage"]
 
+from .region import Region, region  # noqa: E402
+
+__all__ += ["Region", "region"]
+
 from importlib.util import find_spec as _find_spec  # noqa: E402
 
 if _find_spec("zuko") is not None:  # nninv.invertible needs zuko (the learned extra)
