@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._geom import TOL, estimate_volume, vertices, volume
+from ._geom import MAX_EXACT_DIM, TOL, estimate_volume, vertices, volume
 from ._linear import linear_bounds, pre_bounds
 from ._net import PLNet
 
@@ -42,6 +42,7 @@ class Leaf:
     polys: list[tuple[np.ndarray, np.ndarray, int]]  # (A, b, part) rows beyond the box
     hit: int  # samples inside the polytopes
     region: int  # region samples in the box
+    vol: float  # exact unit-cube volume of the polytopes (0 when not computed)
 
 
 def _polys(
@@ -74,19 +75,42 @@ def _inside(U: np.ndarray, polys: list[tuple[np.ndarray, np.ndarray, int]]) -> n
     return hit
 
 
-def _leaf(net, parts, lo, hi, idx, U, R, outer) -> Leaf:
+def _boxed(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    d = lo.size
+    return (
+        np.vstack([A, np.eye(d), -np.eye(d)]),
+        np.concatenate([b, hi, -lo]),
+    )
+
+
+def _leaf(net, parts, lo, hi, idx, U, R, outer, exact_vol) -> Leaf:
     polys = _polys(net, parts, lo, hi, outer)
     if not outer and len(polys) > 1:
         # Inner: one polytope per box, the part that covers most samples.
         counts = [int(_inside(U[idx], [p]).sum()) for p in polys]
         polys = [polys[int(np.argmax(counts))]]
     hit = _inside(U[idx], polys)
-    return Leaf(lo, hi, idx, polys, int(hit.sum()), int(R[idx].sum()))
+    vol = 0.0
+    if exact_vol:
+        for A, b, _ in polys:
+            A2, b2 = _boxed(A, b, lo, hi)
+            pts = U[idx][hit]
+            V = vertices(A2, b2, pts.mean(axis=0) if len(pts) else None)
+            vol += volume(V) if V is not None else 0.0
+    return Leaf(lo, hi, idx, polys, int(hit.sum()), int(R[idx].sum()), vol)
 
 
-def _score(leaf: Leaf, outer: bool) -> int:
-    """Inner: region samples the polytope misses; outer: non-region samples it holds."""
-    return (leaf.hit - leaf.region) if outer else (leaf.region - leaf.hit)
+def _score(leaf: Leaf, outer: bool) -> tuple[float, float]:
+    """Inner: region samples the polytope misses, then the box volume it leaves out;
+    outer: non-region samples it holds, then its volume."""
+    box = float(np.prod(leaf.hi - leaf.lo))
+    if outer:
+        return float(leaf.hit - leaf.region), leaf.vol
+    return float(leaf.region - leaf.hit), box - leaf.vol
+
+
+def _neg(t: tuple[float, float]) -> tuple[float, float]:
+    return -t[0], -t[1]
 
 
 def approximate(
@@ -99,11 +123,14 @@ def approximate(
     time_limit: float,
     n_samples: int,
     seed: int,
+    region_volume: float | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray, int, np.ndarray, float]], dict]:
     """Polytopes ``(A, b, part, V, volume)`` in unit-cube coordinates, and statistics.
 
-    ``target``: inner, the share of the sampled region the polytopes must cover;
-    outer, the share of the polytopes' samples that must be region points.
+    ``target``: inner, the share of the region the polytopes must cover; outer,
+    the share of the polytopes that must be region. Measured with exact volumes
+    when ``region_volume`` (unit cube) is given and qhull works in ``d``
+    dimensions, else on the samples.
     """
     t0 = time.perf_counter()
     d = net.d
@@ -115,26 +142,33 @@ def approximate(
         R |= np.all(Y @ G.T <= g, axis=1) if G.shape[0] else True
     n_region = int(R.sum())
     tie = itertools.count()
-    root = _leaf(net, parts, np.zeros(d), np.ones(d), np.arange(n_samples), U, R, outer)
-    heap = [(-_score(root, outer), next(tie), root)]
+    exact_vol = region_volume is not None and d <= MAX_EXACT_DIM
+    root = _leaf(net, parts, np.zeros(d), np.ones(d), np.arange(n_samples), U, R, outer, exact_vol)
+    heap = [(_neg(_score(root, outer)), next(tie), root)]
     status = "target"
     splits = 0
 
     def done() -> bool:
+        if exact_vol:
+            assert region_volume is not None
+            vol = sum(x[2].vol for x in heap)
+            if outer:
+                return region_volume >= target * vol
+            return vol >= target * region_volume
         hit = sum(x[2].hit for x in heap)
         if outer:
             return n_region >= target * hit if hit else True
         return hit >= target * n_region
 
     def n_polys() -> int:
-        return sum(len(x[2].polys) for x in heap if x[2].hit or outer)
+        return sum(len(x[2].polys) for x in heap if x[2].hit or x[2].vol > 0 or outer)
 
     while not done():
         if time.perf_counter() - t0 > time_limit:
             status = "time_limit"
             break
         score, _, leaf = heapq.heappop(heap)
-        if -score <= 0:
+        if -score[0] <= 0 and (not exact_vol or -score[1] <= 1e-12):
             heapq.heappush(heap, (score, next(tie), leaf))
             status = "stalled"
             break
@@ -145,14 +179,15 @@ def approximate(
             hi1[k], lo2[k] = mid, mid
             left = leaf.idx[U[leaf.idx, k] <= mid]
             right = leaf.idx[U[leaf.idx, k] > mid]
-            one = _leaf(net, parts, leaf.lo, hi1, left, U, R, outer)
-            two = _leaf(net, parts, lo2, leaf.hi, right, U, R, outer)
-            gain = _score(leaf, outer) - _score(one, outer) - _score(two, outer)
+            one = _leaf(net, parts, leaf.lo, hi1, left, U, R, outer, exact_vol)
+            two = _leaf(net, parts, lo2, leaf.hi, right, U, R, outer, exact_vol)
+            s0, s1, s2 = _score(leaf, outer), _score(one, outer), _score(two, outer)
+            gain = (s0[0] - s1[0] - s2[0], s0[1] - s1[1] - s2[1])
             if best is None or gain > best[0]:
                 best = (gain, one, two)
         assert best is not None
         for child in best[1:]:
-            heapq.heappush(heap, (-_score(child, outer), next(tie), child))
+            heapq.heappush(heap, (_neg(_score(child, outer)), next(tie), child))
         splits += 1
         if n_polys() > max_polytopes:
             status = "budget"
@@ -160,7 +195,7 @@ def approximate(
     leaves = [x[2] for x in heap]
     out = []
     for leaf in leaves:
-        if not outer and leaf.hit == 0:
+        if not outer and leaf.hit == 0 and leaf.vol <= 0:
             continue  # dropping a polytope keeps the union inside the region
         for A, b, part in leaf.polys:
             box_A = np.vstack([np.eye(d), -np.eye(d)])

@@ -248,6 +248,12 @@ def region(
             budget = min(5.0, time_limit) if d <= MAX_EXACT_DIM else 0.0
         else:
             budget = float(exact_budget)
+        if budget > 0:
+            e = run_exact(budget)
+            info["exact_status"] = e.status
+            if e.status == "complete":
+                region_volume = sum(p.volume for p in e.pieces)
+                counts["linear_regions"] = e.linear_regions
         raw, stats = approximate(
             net,
             parts,
@@ -257,15 +263,10 @@ def region(
             time_limit=time_limit,
             n_samples=n_samples,
             seed=seed,
+            region_volume=region_volume,
         )
         status = stats["status"]
         counts.update(boxes=stats["boxes"], splits=stats["splits"])
-        if budget > 0:
-            e = run_exact(budget)
-            info["exact_status"] = e.status
-            if e.status == "complete":
-                region_volume = sum(p.volume for p in e.pieces)
-                counts["linear_regions"] = e.linear_regions
         if mode == "under":
             raw = _trim(raw, float(target), region_volume if region_volume else est[0])
             if recheck:
