@@ -223,3 +223,56 @@ def test_vcas_exact_and_inner_against_onnxruntime(path):
     xs = under.sample(2000, seed=0).numpy()
     y = run(xs)
     assert np.all(y[:, :1] >= y[:, 1:] - 1e-4 * np.abs(y).max())  # float32 ties only
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _onnx_net(tmp_path: Path) -> Path:
+    pytest.importorskip("onnx")
+    import warnings
+
+    model = _net(2, 3).float().eval()
+    path = tmp_path / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 2),), path, dynamo=False)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["exact", "under"])
+def test_cli_prints_the_table_and_draws(tmp_path, capsys, mode):
+    import json
+
+    from nninv.cli import main
+
+    path = _onnx_net(tmp_path)
+    out = tmp_path / "out"
+    box = "[-1,1]x[-1,1.5]"
+    rc = main(["region", str(path), "--box", box, "--output-set", "class=1", "--mode", mode,
+               "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert f"mode            {mode}" in text and "coverage" in text
+    assert (out / "region.png").stat().st_size > 1000
+    summary = json.loads((out / "region.json").read_text())
+    r = nninv.region(nninv.load_model(path), 1, [[-1, 1], [-1, 1.5]], mode)
+    assert summary["volume"] == pytest.approx(r.volume)
+    assert len(summary["polytopes"]) == len(r.polytopes)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--box", "-1,1 -1,1", "--output-set", "class=0"], "--box must look like"),
+        (["--box", "[-1,1]", "--output-set", "class=0"], "box has 1 rows"),
+        (["--box", "[-1,1]x[2,1]", "--output-set", "class=0"], "LO < HI"),
+        (["--box", "[-1,1]x[-1,1]", "--output-set", "label=0"], "class=K"),
+    ],
+)
+def test_cli_usage_errors_exit_2(tmp_path, capsys, args, match):
+    from nninv.cli import main
+
+    path = _onnx_net(tmp_path)
+    assert main(["region", str(path), *args, "--out", str(tmp_path / "o")]) == 2
+    assert match in capsys.readouterr().err

@@ -24,6 +24,7 @@ COMMANDS = [
     "diagnose",
     "preimage",
     "closest",
+    "region",
     "posterior",
     "train_decoder",
     "train_flow",

@@ -220,3 +220,40 @@ def _rows(x: Tensor | np.ndarray, d: int) -> Tensor:
     if X.ndim != 2 or X.shape[1] != d:
         raise NNInvError(f"expected points of shape (N, {d}), got {tuple(X.shape)}")
     return X
+
+
+def slice_polygon(p: Polytope, dims: tuple[int, int], at: np.ndarray) -> np.ndarray | None:
+    """The polygon where ``p`` meets the plane through ``at`` spanned by inputs ``dims``.
+
+    Returns its vertices in order around it, ``(k, 2)``, or None where the plane
+    misses the polytope's interior.
+    """
+    from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError  # type: ignore[attr-defined]
+
+    from ._lp import chebyshev
+
+    A, b = p.A.numpy(), p.b.numpy()
+    i, j = dims
+    rest = [k for k in range(A.shape[1]) if k not in dims]
+    A2 = A[:, [i, j]]
+    b2 = b - A[:, rest] @ np.asarray(at, dtype=np.float64)[rest]
+    V = p.vertices.numpy()[:, [i, j]]
+    lo, hi = V.min(axis=0), V.max(axis=0)
+    span = np.maximum(hi - lo, 1e-300)
+    # Chebyshev centre in the unit square of the polygon's bounding box.
+    An = A2 * span
+    bn = b2 - A2 @ lo
+    keep = np.linalg.norm(An, axis=1) > 1e-15
+    if np.any(bn[~keep] < 0):
+        return None
+    r, c = chebyshev(An[keep], bn[keep])
+    if r <= 1e-9:
+        return None
+    centre = lo + c * span
+    try:
+        hs = HalfspaceIntersection(np.hstack([A2[keep], -b2[keep, None]]), centre)
+        pts = hs.intersections
+        hull = ConvexHull(pts)
+    except (QhullError, ValueError):
+        return None
+    return pts[hull.vertices]
