@@ -138,7 +138,7 @@ def draw(r: Any, model: torch.nn.Module, out_set: Any, path: Path, at: np.ndarra
         raise NNInvError("a region of one input has no 2-D picture")
     cols = min(3, len(pairs))
     rows = -(-len(pairs) // cols)
-    fig = Figure(figsize=(4.2 * cols, 4.0 * rows), dpi=100)
+    fig = Figure(figsize=(4.6 * cols, 4.4 * rows), dpi=100)
     FigureCanvasAgg(fig)
     dtype = next(iter(model.parameters())).dtype
     for n, (i, j) in enumerate(pairs):
@@ -176,9 +176,10 @@ def draw(r: Any, model: torch.nn.Module, out_set: Any, path: Path, at: np.ndarra
         ax.set_xlim(box[i, 0], box[i, 1])
         ax.set_ylim(box[j, 0], box[j, 1])
     fig.suptitle(
-        f"{r.mode} region: {len(r.polytopes)} polytopes, share {r.share:.3f}, "
-        f"coverage {r.coverage:.3f}{'' if r.certified else ' (sampled)'} "
-        f"(blue: the model's answer on the slice)"
+        f"{r.mode} region: {len(r.polytopes)} polytopes, share {r.share:.3f},\n"
+        f"coverage {r.coverage:.3f}{'' if r.certified else ' (sampled)'}; "
+        f"blue: the model's answer",
+        fontsize=10 if cols == 1 else 12,
     )
     fig.tight_layout()
     fig.savefig(path)
@@ -213,7 +214,12 @@ def run(args: argparse.Namespace) -> int:
     if at.shape != (len(b),):
         raise NNInvError(f"--at needs {len(b)} values (one per input), got {at.size}")
     rowwise = len(b) != int(np.prod(getattr(model, "input_shape", (len(b),))))
-    row_model = torch.nn.Sequential(*model) if rowwise else model
+    # A model acting on the last axis (auto_park) is drawn as the map of one row.
+    row_model = (
+        torch.nn.Sequential(*model.children())
+        if rowwise and isinstance(model, torch.nn.Sequential)
+        else model
+    )
     out_set = as_output_set(label, r_out(row_model, len(b)))
     panels = draw(r, row_model, out_set, out / "region.png", at)
     summary = {

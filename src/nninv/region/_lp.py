@@ -14,10 +14,29 @@ _SOLVER: list = []
 
 
 def _highs():
+    """The shared ``Highs``, made with file descriptor 1 silenced: the first one a process
+    makes prints a banner from C++ that would land in the middle of printed tables."""
     if not _SOLVER:
+        import os
+        import sys
+
         import highspy
 
-        h = highspy.Highs()
+        try:
+            sys.stdout.flush()
+            saved: int | None = os.dup(1)
+        except (OSError, ValueError):
+            saved = None
+        try:
+            if saved is not None:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.close(devnull)
+            h = highspy.Highs()
+        finally:
+            if saved is not None:
+                os.dup2(saved, 1)
+                os.close(saved)
         h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", 1)
         _SOLVER.append((h, highspy))
