@@ -167,6 +167,9 @@ def approximate(
         if time.perf_counter() - t0 > time_limit:
             status = "time_limit"
             break
+        if n_polys() + (0 if outer else 1) > max_polytopes:
+            status = "budget"  # one more split would pass the budget
+            break
         score, _, leaf = heapq.heappop(heap)
         if -score[0] <= 0 and (not exact_vol or -score[1] <= 1e-12):
             heapq.heappush(heap, (score, next(tie), leaf))
@@ -189,9 +192,6 @@ def approximate(
         for child in best[1:]:
             heapq.heappush(heap, (_neg(_score(child, outer)), next(tie), child))
         splits += 1
-        if n_polys() > max_polytopes:
-            status = "budget"
-            break
     leaves = [x[2] for x in heap]
     out = []
     for leaf in leaves:

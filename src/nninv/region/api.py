@@ -81,7 +81,7 @@ def _recheck(
 
     Exactly where it finishes in ``time_limit`` (no linear region inside the
     polytope maps into the complement of its part); otherwise at the vertices and
-    at 10,000 uniform points per polytope. Returns (how, the volume (unit cube) or
+    at up to 2,000 uniform points per polytope. Returns (how, the volume (unit cube) or
     share of points found outside).
     """
     t0 = time.perf_counter()
@@ -94,8 +94,8 @@ def _recheck(
             continue
         slack = 1e-9 * (1 + np.abs(g))
         lo, hi = V.min(axis=0), V.max(axis=0)
-        X = lo + rng.random((40_000, V.shape[1])) * (hi - lo)
-        X = np.vstack([V, X[np.all(X @ A.T <= b, axis=1)][:10_000]])
+        X = lo + rng.random((8_000, V.shape[1])) * (hi - lo)
+        X = np.vstack([V, X[np.all(X @ A.T <= b, axis=1)][:2_000]])
         ok = np.all(net.forward_u(X) @ G.T <= g + slack, axis=1)
         if not ok.all():
             return "sampled", float((~ok).mean())
@@ -157,7 +157,7 @@ def region(
     recheck : bool
         ``"under"``: check every polytope: exactly where ``exact_budget`` allows
         (no linear region of the network inside it maps outside the output set),
-        else at its vertices and 10,000 uniform points; ``info["rechecked"]`` says
+        else at its vertices and up to 2,000 uniform points; ``info["rechecked"]`` says
         which. A failed check raises (it would be a bug).
     n_samples : int
         Uniform samples of the box for the approximations' splitting and for the
