@@ -167,8 +167,8 @@ def approximate(
         if time.perf_counter() - t0 > time_limit:
             status = "time_limit"
             break
-        if n_polys() + (0 if outer else 1) > max_polytopes:
-            status = "budget"  # one more split would pass the budget
+        if n_polys() + len(parts) > max_polytopes:
+            status = "budget"  # one more split could pass the budget
             break
         score, _, leaf = heapq.heappop(heap)
         if -score[0] <= 0 and (not exact_vol or -score[1] <= 1e-12):
