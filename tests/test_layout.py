@@ -32,6 +32,7 @@ PUBLIC_API = [
     "Posterior",
     "Preimage",
     "Verification",
+    "Region",
     "__version__",
     "closest",
     "diagnose",
@@ -42,6 +43,7 @@ PUBLIC_API = [
     "priors",
     "verify",
     "vnnlib",
+    "region",
 ]
 
 #: Public submodules and the names README documents in them.
@@ -64,6 +66,7 @@ PUBLIC_MODULES = {
     "nninv.distributed": ["DatasetRun", "StreamResult", "invert_dataset", "invert_file"],
     "nninv.cli": ["main"],
     "nninv.vnnlib": ["Case", "Property", "read"],
+    "nninv.region": ["MODES", "Polytope", "Region", "region"],
     "nninv.invertible": [
         "ActNorm",
         "AdditiveCoupling",
@@ -95,6 +98,7 @@ LAYERS = {
     "invertible": 2,
     "methods": 3,
     "geometry": 4,
+    "region": 4,
     "distributed": 4,
     "figures": 5,
     "cli": 5,

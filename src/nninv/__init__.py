@@ -47,3 +47,7 @@ __all__ += [
     "verify",
     "vnnlib",
 ]
+
+from .region import Region, region  # noqa: E402
+
+__all__ += ["Region", "region"]

@@ -25,6 +25,7 @@ COMMANDS = [
     "preimage",
     "closest",
     "verify",
+    "region",
     "posterior",
     "train_decoder",
     "train_flow",

@@ -8,6 +8,14 @@ the data path must take exactly one data-path value (the one computed last) and
 become standard PyTorch layers. A bias ``Add`` (and a ``Mul``/``Sub``/``Div`` by
 a constant) is folded into the ``nn.Linear`` or ``nn.Conv2d`` just before it,
 so ``MatMul`` + ``Add`` reads as one ``nn.Linear``.
+
+The graph input is read as ``(batch, *input_shape)`` when it has two or more axes
+(the batch axis fixed, symbolic such as ``"batch_size"``, or unnamed). An input
+declared with one axis (VCAS: ``X`` of shape ``[4]``) has no batch axis: the
+declared shape is one sample, and every axis, reshape and ``W @ X`` of the graph
+is read per sample, so the module takes ``(N, 4)`` and maps each row as the file
+maps its one vector. Operators that need a leading batch axis (Gemm, Conv,
+pooling, BatchNormalization) are refused by name in such a graph.
 """
 
 from __future__ import annotations
@@ -97,20 +105,25 @@ class _Graph:
             )
         x = inputs[0]
         dims = x.type.tensor_type.shape.dim
-        if not x.type.tensor_type.HasField("shape") or len(dims) < 2:
+        if not x.type.tensor_type.HasField("shape") or len(dims) < 1:
             raise NNInvError(
-                f"'{source}': the ONNX input '{x.name}' has no (batch, ...) shape; "
+                f"'{source}': the ONNX input '{x.name}' declares no shape (or a scalar); "
                 f"nninv needs a fixed input shape"
             )
         shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        if any(s is None or s <= 0 for s in shape[1:]):
+        #: Whether the declared input has a leading batch axis (see the module docstring).
+        self.batched = len(dims) >= 2
+        sample = shape[1:] if self.batched else shape
+        if any(s is None or s <= 0 for s in sample):
             raise NNInvError(
                 f"'{source}': the ONNX input '{x.name}' has shape "
                 f"{[d.dim_param or d.dim_value for d in dims]}; nninv needs every "
                 f"dimension but the batch fixed"
             )
-        self.batch = shape[0] or _BATCH
-        self.b = _Builder(tuple(int(s or 0) for s in shape[1:]))
+        self.input_name = x.name
+        self.declared = [d.dim_param or d.dim_value or "?" for d in dims]
+        self.batch = (shape[0] or _BATCH) if self.batched else 0
+        self.b = _Builder(tuple(int(s or 0) for s in sample))
         self.head = x.name
         self.shapes: dict[str, tuple[int, ...]] = {x.name: self.b.shape}
         self.fusable: str | None = None  # value computed by the last Linear/Conv2d
@@ -125,7 +138,8 @@ class _Graph:
     # ------------------------------------------------------------------ helpers
 
     def full_shape(self) -> tuple[int, ...]:
-        return (self.batch, *self.b.shape)
+        """The shape the graph sees: with the batch axis, or one sample if it has none."""
+        return (self.batch, *self.b.shape) if self.batched else self.b.shape
 
     def fold(self, node: Any) -> None:
         """Evaluate a node whose inputs are all constant."""
@@ -228,19 +242,53 @@ def _fail(n: _Node, c: np.ndarray, what: str) -> np.ndarray:
 
 
 def _matmul(n: _Node) -> None:
-    if n.node.input[0] != n.g.head:
-        raise n.error("constant @ input is not supported (only input @ constant)")
-    W = n.const(1, "weight")
+    """``X @ W`` on the last axis, ``W @ X`` on the one before (or on a 1-D sample)."""
+    g = n.g
+    shape = g.b.shape
+    if n.node.input[0] == g.head:
+        W = n.const(1, "weight")
+        assert W is not None
+        k = shape[-1] if shape else 0
+        if W.ndim not in (1, 2) or W.shape[0] != k:
+            raise n.error(f"weight of shape {W.shape} does not fit an input of shape {shape}")
+        lin = nn.Linear(k, W.shape[1] if W.ndim == 2 else 1)
+        with torch.no_grad():
+            lin.weight.copy_(_t(W.T if W.ndim == 2 else W[None, :]))
+            lin.bias.zero_()
+        n.add(lin)
+        if W.ndim == 1:  # a vector contracts the last axis away
+            n.add(Reshape(shape[:-1]), "_squeeze")
+            return
+        g.fusable = n.node.output[0]
+        return
+    W = n.const(0, "weight")
     assert W is not None
-    k = n.g.b.shape[-1] if n.g.b.shape else 0
-    if W.ndim != 2 or W.shape[0] != k:
-        raise n.error(f"weight of shape {W.shape} does not fit an input of shape {n.g.b.shape}")
-    lin = nn.Linear(k, W.shape[1])
+    if W.ndim != 2:
+        raise n.error(f"constant @ input needs a 2-D constant, got shape {W.shape}")
+    if len(shape) == 1 and not g.batched:
+        # One declared vector x: W @ x is x @ W.T for every row of the batch.
+        if W.shape[1] != shape[0]:
+            raise n.error(f"weight of shape {W.shape} does not fit an input of shape {shape}")
+        lin = nn.Linear(shape[0], W.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(_t(W))
+            lin.bias.zero_()
+        n.add(lin)
+        g.fusable = n.node.output[0]
+        return
+    if len(shape) < 2 or W.shape[1] != shape[-2]:
+        raise n.error(
+            f"constant of shape {W.shape} @ input of shape {g.full_shape()} does not act "
+            f"on one axis of every sample"
+        )
+    swap = (*range(len(shape) - 2), len(shape) - 1, len(shape) - 2)
+    lin = nn.Linear(W.shape[1], W.shape[0])
     with torch.no_grad():
-        lin.weight.copy_(_t(W.T))
+        lin.weight.copy_(_t(W))
         lin.bias.zero_()
+    n.add(Permute(swap), "_swap")
     n.add(lin)
-    n.g.fusable = n.node.output[0]
+    n.add(Permute(swap), "_unswap")
 
 
 def _elementwise(n: _Node) -> None:
@@ -251,13 +299,14 @@ def _elementwise(n: _Node) -> None:
     assert c is not None
     c = np.asarray(c, dtype=np.float64)
     full = g.full_shape()
+    lead = (1,) if g.batched else ()
     try:
-        ok = np.broadcast_shapes((1, *g.b.shape), c.shape) == (1, *g.b.shape)
+        ok = np.broadcast_shapes((*lead, *g.b.shape), c.shape) == (*lead, *g.b.shape)
     except ValueError:
         ok = False
     if not ok:
         raise n.error(f"constant of shape {c.shape} changes the shape {full} of the input")
-    cb = np.broadcast_to(c, (1, *g.b.shape))[0]
+    cb = np.broadcast_to(c, (1, *g.b.shape))[0]  # c fits (*lead, *shape), so also this
     one, zero = np.ones_like(cb), np.zeros_like(cb)
     if n.op == "Add":
         scale, shift = one, cb
@@ -452,6 +501,11 @@ def _batchnorm_node(n: _Node) -> None:
 
 
 def _flatten(n: _Node) -> None:
+    if not n.g.batched:
+        shape = n.g.b.shape
+        axis = int(n.attrs.get("axis", 1)) % max(len(shape), 1)
+        _reshape_to(n, (math.prod(shape[:axis]), math.prod(shape[axis:])))
+        return
     rank = len(n.g.b.shape) + 1
     axis = int(n.attrs.get("axis", 1))
     if axis % rank != 1 and not (rank == 1 and axis in (0, 1)):
@@ -460,6 +514,9 @@ def _flatten(n: _Node) -> None:
 
 
 def _reshape_to(n: _Node, out: tuple[int, ...]) -> None:
+    if not n.g.batched:
+        n.add(Reshape(out))
+        return
     if not out or out[0] != n.g.batch:
         raise n.error(
             f"reshapes {n.g.full_shape()} to {out}, which does not keep the batch dimension first"
@@ -492,23 +549,31 @@ def _squeeze(n: _Node) -> None:
             out = np.expand_dims(dummy, axes).shape
     except (ValueError, np.exceptions.AxisError) as e:
         raise n.error(f"axes {axes} do not fit the input {dummy.shape} ({e})") from None
-    if 0 in [a % (len(out) if n.op == "Unsqueeze" else dummy.ndim) for a in axes]:
+    if n.g.batched and 0 in [a % (len(out) if n.op == "Unsqueeze" else dummy.ndim) for a in axes]:
         raise n.error(f"axes {axes} touch the batch dimension")
     _reshape_to(n, tuple(out))
 
 
 def _transpose(n: _Node) -> None:
-    rank = len(n.g.b.shape) + 1
+    rank = len(n.g.full_shape())
     perm = n.ints("perm", range(rank - 1, -1, -1))
+    if not n.g.batched:
+        n.add(Permute(perm))
+        return
     if perm[0] != 0:
         raise n.error(f"perm {perm} moves the batch dimension")
     n.add(Permute(tuple(p - 1 for p in perm[1:])))
 
 
 def _softmax(n: _Node) -> None:
-    rank = len(n.g.b.shape) + 1
+    rank = len(n.g.full_shape())
     axis = int(n.attrs.get("axis", -1 if n.g.opset >= 13 else 1)) % rank
     cls = nn.Softmax if n.op == "Softmax" else nn.LogSoftmax
+    if not n.g.batched:
+        if n.g.opset < 13 and axis != rank - 1:
+            raise n.error(f"axis={axis} before opset 13 mixes axes of a {rank}-d sample")
+        n.add(cls(dim=axis + 1))
+        return
     if axis == 0:
         raise n.error("softmax over the batch dimension")
     if n.g.opset >= 13 or axis == rank - 1:
@@ -615,6 +680,20 @@ _OPS: dict[str, Callable[[_Node], None]] = {
 }
 
 
+#: Operators whose ONNX meaning needs the (N, C, ...) or (N, K) layout.
+_NEED_BATCH = frozenset(
+    {
+        "Gemm",
+        "Conv",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "BatchNormalization",
+    }
+)
+
+
 def convert_onnx(model: Any, source: str = "<onnx>") -> nn.Sequential:
     """Translate an ``onnx.ModelProto`` whose graph is a chain into a ``nn.Sequential``.
 
@@ -622,7 +701,8 @@ def convert_onnx(model: Any, source: str = "<onnx>") -> nn.Sequential:
     ----------
     model : onnx.ModelProto
         The model; its single graph input must have a static shape except for
-        the batch dimension.
+        the batch dimension (fixed, symbolic or unnamed). An input declared with
+        one axis is one sample without a batch axis (see the module docstring).
     source : str
         Where the model came from, for error messages.
 
@@ -630,7 +710,8 @@ def convert_onnx(model: Any, source: str = "<onnx>") -> nn.Sequential:
     -------
     torch.nn.Sequential
         Eval mode, float32, with ``input_shape`` (the graph input's shape
-        without the batch dimension).
+        without the batch dimension). A model without a batch axis takes
+        ``(N, *declared_shape)``.
 
     Raises
     ------
@@ -651,7 +732,8 @@ def convert_onnx(model: Any, source: str = "<onnx>") -> nn.Sequential:
             continue
         n = _Node(g, index, node)
         if node.op_type == "Shape":
-            shape = np.asarray((g.batch, *g.shapes[data_in[0]]), dtype=np.int64)
+            lead = (g.batch,) if g.batched else ()
+            shape = np.asarray((*lead, *g.shapes[data_in[0]]), dtype=np.int64)
             start, end = n.attrs.get("start", 0), n.attrs.get("end", None)
             g.consts[node.output[0]] = shape[start:end]
             continue
@@ -664,6 +746,11 @@ def convert_onnx(model: Any, source: str = "<onnx>") -> nn.Sequential:
             raise n.error(
                 f"takes {', '.join(repr(i) for i in data_in)}, but the chain is at "
                 f"{g.head!r}: the graph branches, and nninv reads only chains of layers"
+            )
+        if not g.batched and node.op_type in _NEED_BATCH:
+            raise n.error(
+                f"{node.op_type} needs a leading batch axis, but the graph input "
+                f"'{g.input_name}' is declared as {g.declared}, one sample without one"
             )
         _OPS[node.op_type](n)
         g.head = node.output[0]
