@@ -183,7 +183,8 @@ def region(
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    >>> r = nninv.region(net, 0, [[-1, 1], [-1, 1]])
+    >>> k = int(net(torch.zeros(1, 2)).argmax())  # the class at the box's centre
+    >>> r = nninv.region(net, k, [[-1, 1], [-1, 1]])
     >>> r.status, r.coverage
     ('complete', 1.0)
     >>> bool(r.contains(r.sample(5)).all())
