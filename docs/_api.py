@@ -54,6 +54,13 @@ def modules() -> list[str]:
     return found
 
 
+def _shadowed(module: str) -> bool:
+    import nninv
+
+    parent, _, name = module.rpartition(".")
+    return parent == "nninv" and not inspect.ismodule(getattr(nninv, name, None))
+
+
 def count_entries() -> dict[str, int]:
     return {m: len(public_names(m)) for m in modules()}
 
@@ -86,6 +93,9 @@ def write_api_pages(folder: Path) -> None:
             "",
             f".. automodule:: {module}",
             "   :no-members:",
+            # a module named like a function of the facade (nninv.region) is
+            # described once, by the function's entry
+            *(["   :no-index:"] if _shadowed(module) else []),
             "",
             f".. currentmodule:: {module}",
             "",
