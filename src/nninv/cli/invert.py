@@ -92,66 +92,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "model",
-        metavar="MODEL",
-        help="model file: .keras, .h5, .onnx, TorchScript .pt/.pth or a scikit-learn MLP .skops",
-    )
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument(
-        "--outputs", metavar="Y.npy", help="outputs to invert, shaped (N, *output_shape)"
-    )
-    what.add_argument(
-        "--target",
-        action="append",
-        metavar="class=K",
-        help="class target instead of --outputs: one sample per class; repeat it or give "
-        "a list (class=3,7,1)",
-    )
-    parser.add_argument(
-        "--out", required=True, metavar="X.npy", help="where to write the inputs found (.npy)"
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing --out (without it, or --resume, an existing result is kept "
-        "and the command stops)",
-    )
-    parser.add_argument(
-        "--method",
-        default="auto",
-        metavar="M",
-        help="auto (default), pinv, analytic, optimize or decoder (needs --decoder)",
-    )
-    parser.add_argument(
-        "--decoder",
-        metavar="DEC.safetensors",
-        help="a decoder written by 'nninv train-decoder' for this model: its guesses are "
-        "projected onto the exact preimage (method decoder, which auto then picks)",
-    )
-    parser.add_argument(
-        "--prior-data",
-        metavar="X.npy",
-        help="example inputs, shaped like the model input or flat, to fit a prior on",
-    )
-    parser.add_argument(
-        "--prior",
-        choices=("gaussian", "mixture", "batchnorm"),
-        help="prior fitted on --prior-data (default: gaussian), or batchnorm: from the "
-        "model's BatchNorm statistics, no data needed",
-    )
-    parser.add_argument(
-        "--samples",
-        type=int,
-        metavar="S",
-        help="with --target: inputs per class (default: 1); the PNG grid has a row per class",
-    )
-    parser.add_argument(
-        "--components",
-        type=int,
-        metavar="K",
-        help="mixture components, with --prior mixture (default: 20, as the demo)",
-    )
+    _add_io_arguments(parser)
+    _add_method_arguments(parser)
     parser.add_argument(
         "--coarse",
         metavar="H[,W]",
@@ -187,6 +129,74 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_scale_arguments(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def _add_io_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, what to invert (--outputs or --target), --out and --overwrite."""
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model file: .keras, .h5, .onnx, TorchScript .pt/.pth or a scikit-learn MLP .skops",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--outputs", metavar="Y.npy", help="outputs to invert, shaped (N, *output_shape)"
+    )
+    what.add_argument(
+        "--target",
+        action="append",
+        metavar="class=K",
+        help="class target instead of --outputs: one sample per class; repeat it or give "
+        "a list (class=3,7,1)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="X.npy", help="where to write the inputs found (.npy)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (without it, or --resume, an existing result is kept "
+        "and the command stops)",
+    )
+
+
+def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """The method, the decoder, the prior and its data, samples per class, components."""
+    parser.add_argument(
+        "--method",
+        default="auto",
+        metavar="M",
+        help="auto (default), pinv, analytic, optimize or decoder (needs --decoder)",
+    )
+    parser.add_argument(
+        "--decoder",
+        metavar="DEC.safetensors",
+        help="a decoder written by 'nninv train-decoder' for this model: its guesses are "
+        "projected onto the exact preimage (method decoder, which auto then picks)",
+    )
+    parser.add_argument(
+        "--prior-data",
+        metavar="X.npy",
+        help="example inputs, shaped like the model input or flat, to fit a prior on",
+    )
+    parser.add_argument(
+        "--prior",
+        choices=("gaussian", "mixture", "batchnorm"),
+        help="prior fitted on --prior-data (default: gaussian), or batchnorm: from the "
+        "model's BatchNorm statistics, no data needed",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        metavar="S",
+        help="with --target: inputs per class (default: 1); the PNG grid has a row per class",
+    )
+    parser.add_argument(
+        "--components",
+        type=int,
+        metavar="K",
+        help="mixture components, with --prior mixture (default: 20, as the demo)",
+    )
 
 
 def _parse_targets(items: list[str]) -> list[int]:
