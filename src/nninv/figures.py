@@ -37,7 +37,9 @@ _TITLE_INCHES = 7.0
 def _fit_title(fig: Figure, title: str) -> None:
     """Put ``title`` above ``fig``, widening a narrow figure or wrapping the text to fit."""
     text = fig.suptitle(title)
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)  # every figure here is drawn on an Agg canvas
+    renderer = canvas.get_renderer()
     width, height = fig.get_size_inches()
     need = text.get_window_extent(renderer).width / fig.dpi + 0.3
     if need > width:
@@ -269,6 +271,44 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _vector_strips(rows: Mapping[str, Tensor | np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """Each row flattened to an ``(N, D)`` float64 strip, and the common ``D``."""
+    if not rows:
+        raise NNInvError("save_vectors: no rows given")
+    strips: dict[str, np.ndarray] = {}
+    for label, value in rows.items():
+        arr = _to_numpy(value).astype(np.float64, copy=False)
+        if arr.ndim < 2 or arr.shape[0] < 1:
+            raise NNInvError(
+                f"save_vectors: row {label!r}: expected a batch (N, ...) with N >= 1, got "
+                f"shape {arr.shape}"
+            )
+        strips[str(label)] = arr.reshape(arr.shape[0], -1)
+    dims = {label: strip.shape[1] for label, strip in strips.items()}
+    if len(set(dims.values())) != 1:
+        raise NNInvError(f"save_vectors: rows differ in their number of features: {dims}")
+    return strips, next(iter(dims.values()))
+
+
+def _shared_range(
+    strips: Mapping[str, np.ndarray],
+    diverging: Sequence[str],
+    vmin: float | None,
+    vmax: float | None,
+) -> tuple[float, float]:
+    """The shared colour scale's ends: ``vmin``/``vmax``, else the finite values' range."""
+    shared = [s for label, s in strips.items() if label not in diverging]
+    values = np.concatenate([s.ravel() for s in shared]) if shared else np.zeros(1)
+    finite = values[np.isfinite(values)]
+    lo = float(finite.min()) if vmin is None and finite.size else (vmin or 0.0)
+    hi = float(finite.max()) if vmax is None and finite.size else (vmax or 1.0)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise NNInvError(f"save_vectors: need vmin < vmax, got vmin={vmin}, vmax={vmax}")
+    if not lo < hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
 def save_vectors(
     rows: Mapping[str, Tensor | np.ndarray],
     path: str | os.PathLike[str],
@@ -327,35 +367,13 @@ def save_vectors(
     >>> out.suffix
     '.png'
     """
-    if not rows:
-        raise NNInvError("save_vectors: no rows given")
-    strips: dict[str, np.ndarray] = {}
-    for label, value in rows.items():
-        arr = _to_numpy(value).astype(np.float64, copy=False)
-        if arr.ndim < 2 or arr.shape[0] < 1:
-            raise NNInvError(
-                f"save_vectors: row {label!r}: expected a batch (N, ...) with N >= 1, got "
-                f"shape {arr.shape}"
-            )
-        strips[str(label)] = arr.reshape(arr.shape[0], -1)
-    dims = {label: strip.shape[1] for label, strip in strips.items()}
-    if len(set(dims.values())) != 1:
-        raise NNInvError(f"save_vectors: rows differ in their number of features: {dims}")
-    d = next(iter(dims.values()))
+    strips, d = _vector_strips(rows)
     unknown = [name for name in diverging if name not in strips]
     if unknown:
         raise NNInvError(f"save_vectors: diverging names rows that do not exist: {unknown}")
     if feature_names is not None and len(feature_names) != d:
         raise NNInvError(f"save_vectors: {len(feature_names)} feature names for {d} features")
-    shared = [s for label, s in strips.items() if label not in diverging]
-    values = np.concatenate([s.ravel() for s in shared]) if shared else np.zeros(1)
-    finite = values[np.isfinite(values)]
-    lo = float(finite.min()) if vmin is None and finite.size else (vmin or 0.0)
-    hi = float(finite.max()) if vmax is None and finite.size else (vmax or 1.0)
-    if vmin is not None and vmax is not None and not vmin < vmax:
-        raise NNInvError(f"save_vectors: need vmin < vmax, got vmin={vmin}, vmax={vmax}")
-    if not lo < hi:
-        lo, hi = lo - 0.5, hi + 0.5
+    lo, hi = _shared_range(strips, diverging, vmin, vmax)
 
     heights = [0.35 + 0.18 * len(s) for s in strips.values()]
     named = feature_names is not None and d <= 40

@@ -62,10 +62,10 @@ def load_array(path: str | Path, what: str, option: str | None = None) -> np.nda
     if path.is_dir():
         raise NNInvError(f"{what} file '{path}' is a directory; give a .npy file")
     with open(path, "rb") as f:
-        head = f.read(6)
-    if not head.startswith((b"\x93NUMPY", b"PK")):
+        magic = f.read(6)
+    if not magic.startswith((b"\x93NUMPY", b"PK")):
         # np.load would try to unpickle anything else: tell a pickle from other bytes.
-        if head[:1] == b"\x80" or path.suffix.lower() in {".pkl", ".pickle"}:
+        if magic[:1] == b"\x80" or path.suffix.lower() in {".pkl", ".pickle"}:
             raise NNInvError(
                 f"{what} file '{path}' is a Python pickle; refusing to unpickle (it could run "
                 "code). Save a numeric array with np.save(path, array)"

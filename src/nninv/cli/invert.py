@@ -16,7 +16,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,11 @@ from ._common import (
     save_samples,
 )
 from ._stream import add_scale_arguments, check_scale_options, refuse_overwrite, run_scaled
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..priors import Prior
 
 #: Images shown in the PNG grid beside the output: at most ``_ROWS`` rows of ``_COLS``.
 _COLS, _ROWS = 10, 5
@@ -92,66 +97,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "model",
-        metavar="MODEL",
-        help="model file: .keras, .h5, .onnx, TorchScript .pt/.pth or a scikit-learn MLP .skops",
-    )
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument(
-        "--outputs", metavar="Y.npy", help="outputs to invert, shaped (N, *output_shape)"
-    )
-    what.add_argument(
-        "--target",
-        action="append",
-        metavar="class=K",
-        help="class target instead of --outputs: one sample per class; repeat it or give "
-        "a list (class=3,7,1)",
-    )
-    parser.add_argument(
-        "--out", required=True, metavar="X.npy", help="where to write the inputs found (.npy)"
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing --out (without it, or --resume, an existing result is kept "
-        "and the command stops)",
-    )
-    parser.add_argument(
-        "--method",
-        default="auto",
-        metavar="M",
-        help="auto (default), pinv, analytic, optimize or decoder (needs --decoder)",
-    )
-    parser.add_argument(
-        "--decoder",
-        metavar="DEC.safetensors",
-        help="a decoder written by 'nninv train-decoder' for this model: its guesses are "
-        "projected onto the exact preimage (method decoder, which auto then picks)",
-    )
-    parser.add_argument(
-        "--prior-data",
-        metavar="X.npy",
-        help="example inputs, shaped like the model input or flat, to fit a prior on",
-    )
-    parser.add_argument(
-        "--prior",
-        choices=("gaussian", "mixture", "batchnorm"),
-        help="prior fitted on --prior-data (default: gaussian), or batchnorm: from the "
-        "model's BatchNorm statistics, no data needed",
-    )
-    parser.add_argument(
-        "--samples",
-        type=int,
-        metavar="S",
-        help="with --target: inputs per class (default: 1); the PNG grid has a row per class",
-    )
-    parser.add_argument(
-        "--components",
-        type=int,
-        metavar="K",
-        help="mixture components, with --prior mixture (default: 20, as the demo)",
-    )
+    _add_io_arguments(parser)
+    _add_method_arguments(parser)
     parser.add_argument(
         "--coarse",
         metavar="H[,W]",
@@ -187,6 +134,74 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_scale_arguments(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def _add_io_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, what to invert (--outputs or --target), --out and --overwrite."""
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model file: .keras, .h5, .onnx, TorchScript .pt/.pth or a scikit-learn MLP .skops",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--outputs", metavar="Y.npy", help="outputs to invert, shaped (N, *output_shape)"
+    )
+    what.add_argument(
+        "--target",
+        action="append",
+        metavar="class=K",
+        help="class target instead of --outputs: one sample per class; repeat it or give "
+        "a list (class=3,7,1)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="X.npy", help="where to write the inputs found (.npy)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (without it, or --resume, an existing result is kept "
+        "and the command stops)",
+    )
+
+
+def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """The method, the decoder, the prior and its data, samples per class, components."""
+    parser.add_argument(
+        "--method",
+        default="auto",
+        metavar="M",
+        help="auto (default), pinv, analytic, optimize or decoder (needs --decoder)",
+    )
+    parser.add_argument(
+        "--decoder",
+        metavar="DEC.safetensors",
+        help="a decoder written by 'nninv train-decoder' for this model: its guesses are "
+        "projected onto the exact preimage (method decoder, which auto then picks)",
+    )
+    parser.add_argument(
+        "--prior-data",
+        metavar="X.npy",
+        help="example inputs, shaped like the model input or flat, to fit a prior on",
+    )
+    parser.add_argument(
+        "--prior",
+        choices=("gaussian", "mixture", "batchnorm"),
+        help="prior fitted on --prior-data (default: gaussian), or batchnorm: from the "
+        "model's BatchNorm statistics, no data needed",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        metavar="S",
+        help="with --target: inputs per class (default: 1); the PNG grid has a row per class",
+    )
+    parser.add_argument(
+        "--components",
+        type=int,
+        metavar="K",
+        help="mixture components, with --prior mixture (default: 20, as the demo)",
+    )
 
 
 def _parse_targets(items: list[str]) -> list[int]:
@@ -380,13 +395,7 @@ def run(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input_shape) if args.input_shape is not None else None
     _check_method(args.method)
     scaled = check_scale_options(args)
-    out = Path(args.out)
-    if out.is_dir() and not args.ray:
-        raise NNInvError(
-            f"--out '{out}' is a directory; give the file to write, e.g. {out / 'x.npy'}"
-        )
-    if out.suffix != ".npy":
-        out = out.with_name(out.name + ".npy")
+    out = _out_path(args)
 
     model = load_model(args.model, input_shape=shape)
     mdtype = model_dtype_device(model)[0]
@@ -410,13 +419,7 @@ def run(args: argparse.Namespace) -> int:
         target = torch.from_numpy(np.ascontiguousarray(y)).to(mdtype)
     prior = _fit_prior(args, X, in_shape) if X is not None else None
     if args.prior == "batchnorm":
-        from ..priors import BatchNormPrior
-
-        prior = BatchNormPrior(model, first_multiplier=10.0, input_shape=in_shape)
-        if _is_image(in_shape):
-            from ..priors import TotalVariation
-
-            prior = prior + 0.2 * TotalVariation(beta=1)
+        prior = _batchnorm_prior(model, in_shape)
     # Images are drawn on the scale of the bounds or of the example inputs, if given.
     value_range = bounds
     if value_range is None and X is not None and float(X.min()) < float(X.max()):
@@ -457,13 +460,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NNInvWarning)
         inv = invert(model, target, method, prior, tol=args.tol, input_shape=in_shape, **options)
-    for w in caught:
-        if issubclass(w.category, NNInvWarning) and "did not converge" in str(w.message):
-            continue  # the summary says it
-        if issubclass(w.category, NNInvWarning):
-            print(f"nninv invert: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    _pass_on(caught)
 
     x = inv.x.detach().to("cpu", mdtype).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -472,7 +469,46 @@ def run(args: argparse.Namespace) -> int:
     figure = _save_figure(
         x, in_shape, out.with_suffix(".png"), inv.method, value_range, per_class, labels
     )
+    return _summarize(inv, out, x, figure)
 
+
+def _out_path(args: argparse.Namespace) -> Path:
+    """``--out`` as the .npy file to write; a directory is refused unless ``--ray``."""
+    out = Path(args.out)
+    if out.is_dir() and not args.ray:
+        raise NNInvError(
+            f"--out '{out}' is a directory; give the file to write, e.g. {out / 'x.npy'}"
+        )
+    if out.suffix != ".npy":
+        out = out.with_name(out.name + ".npy")
+    return out
+
+
+def _batchnorm_prior(model: nn.Module, in_shape: tuple[int, ...]) -> Prior:
+    """``--prior batchnorm``: the model's BatchNorm statistics, plus total variation on images."""
+    from ..priors import BatchNormPrior
+
+    prior: Prior = BatchNormPrior(model, first_multiplier=10.0, input_shape=in_shape)
+    if _is_image(in_shape):
+        from ..priors import TotalVariation
+
+        prior = prior + 0.2 * TotalVariation(beta=1)
+    return prior
+
+
+def _pass_on(caught: list[warnings.WarningMessage]) -> None:
+    """Print the library's warnings (not non-convergence: the summary says it); re-warn others."""
+    for w in caught:
+        if issubclass(w.category, NNInvWarning) and "did not converge" in str(w.message):
+            continue  # the summary says it
+        if issubclass(w.category, NNInvWarning):
+            print(f"nninv invert: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _summarize(inv: Any, out: Path, x: np.ndarray, figure: Path | None) -> int:
+    """Print the method, convergence and files written; 0 if all converged, else 1."""
     n, n_ok = len(inv), int(inv.converged.sum())
     rmax = float(inv.residual.max())
     print(

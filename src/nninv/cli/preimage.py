@@ -154,11 +154,8 @@ def _seed_setup(args: argparse.Namespace) -> tuple[Any, np.ndarray, np.ndarray |
     return model, x0, train.flat().numpy(), test.flat()[others].numpy()
 
 
-def run(args: argparse.Namespace) -> int:
-    """Draw the preimage of one input's output; return the exit status."""
-    from .. import preimage
-    from ..priors import GaussianMixturePrior, GaussianPrior
-
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse a sample count, thinning, burn-in or component count below its least value."""
     for option, value, least in (
         ("--n", args.n, 1),
         ("--thin", args.thin, 1),
@@ -168,7 +165,10 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < least:
             kind = "a positive" if least else "a non-negative"
             raise NNInvError(f"{option} must be {kind} integer, got {value}")
-    lo, hi = parse_pair(args.bounds, "--bounds")
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """The model, x0, prior data and other inputs: the seed's, or those named on the line."""
     if args.model is None:
         for opt in ("input", "prior_data", "input_shape"):
             if getattr(args, opt) is not None:
@@ -198,6 +198,69 @@ def run(args: argparse.Namespace) -> int:
         others = fit_to_shape(
             load_array(args.others, "others", "--others"), shape, "others", args.others
         )
+    return model, x0, data, others
+
+
+def _draw_rows(
+    args: argparse.Namespace, pre: Any, data: Any, others: Any, x0t: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], list[tuple[str, Any]]]:
+    """The figure's rows (x0, uniform draws, prior draws, closest members) and their stats."""
+    from ..priors import GaussianMixturePrior, GaussianPrior
+
+    rows: dict[str, torch.Tensor] = {"x0": x0t}
+    stats: list[tuple[str, Any]] = []
+    n = args.n
+    uni = pre.draw(n, seed=args.seed, chains=n, burn=args.burn, thin=args.thin)
+    rows["uniform"] = uni.x
+    stats.append((f"uniform ({uni.method})", uni))
+    if args.prior != "none" and data is not None:
+        X = torch.from_numpy(np.asarray(data, dtype=np.float64))
+        prior: GaussianPrior | GaussianMixturePrior
+        if args.prior == "gaussian":
+            prior = GaussianPrior.fit(X)
+        else:
+            prior = GaussianMixturePrior.fit(X[:3000], n_components=args.components, seed=args.seed)
+        pr = pre.draw(n, seed=args.seed, prior=prior, chains=n, burn=args.burn, thin=args.thin)
+        rows[f"{args.prior} prior"] = pr.x
+        stats.append((f"{args.prior} prior", pr))
+        # the prior's samples share much of their mean: show how each one differs from it
+        rows["prior - mean"] = pr.x - pr.x.mean(0, keepdim=True)
+    if others is not None and len(others):
+        proj = pre.project(torch.from_numpy(np.asarray(others[:n], dtype=np.float64)))
+        rows["other digits"] = torch.from_numpy(np.asarray(others[:n], dtype=np.float64))
+        rows["closest members"] = proj
+        stats.append(("closest to other digits", None))
+    return rows, stats
+
+
+def _print_table(
+    stats: list[tuple[str, Any]], rows: dict[str, torch.Tensor], res: torch.Tensor, t: float
+) -> None:
+    """Print each row's size, residual, ESS, R-hat and seconds (``t``: when drawing began)."""
+    print()
+    print(f"{'row':<26} {'n':>4} {'max|f(x)-y|':>12} {'ESS':>7} {'R-hat':>7} {'seconds':>8}")
+    k = 0
+    for name, s in stats:
+        cnt = len(s.x) if s is not None else len(rows["closest members"])
+        r = float(res[k : k + cnt].max())
+        k += cnt
+        if s is None:
+            print(f"{name:<26} {cnt:>4} {r:>12.1e} {'-':>7} {'-':>7} {'-':>8}")
+        else:
+            print(f"{name:<26} {cnt:>4} {r:>12.1e} {s.ess:>7.1f} {s.rhat:>7.2f} {s.seconds:>8.1f}")
+    print(
+        f"({time.perf_counter() - t:.1f} s) ESS and R-hat: mixing of the chains "
+        "(R-hat near 1 = mixed)."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Draw the preimage of one input's output; return the exit status."""
+    from .. import preimage
+
+    _check_counts(args)
+    lo, hi = parse_pair(args.bounds, "--bounds")
+    model, x0, data, others = _setup(args)
     model = model.double().eval()
     x0t = torch.from_numpy(np.asarray(x0, dtype=np.float64))
     with torch.no_grad():
@@ -218,29 +281,9 @@ def run(args: argparse.Namespace) -> int:
         f"{pre.dim} ({time.perf_counter() - t:.1f} s)",
         flush=True,
     )
-    rows: dict[str, torch.Tensor] = {"x0": x0t}
-    stats: list[tuple[str, Any]] = []
     n = args.n
     t = time.perf_counter()
-    uni = pre.draw(n, seed=args.seed, chains=n, burn=args.burn, thin=args.thin)
-    rows["uniform"] = uni.x
-    stats.append((f"uniform ({uni.method})", uni))
-    if args.prior != "none" and data is not None:
-        X = torch.from_numpy(np.asarray(data, dtype=np.float64))
-        if args.prior == "gaussian":
-            prior = GaussianPrior.fit(X)
-        else:
-            prior = GaussianMixturePrior.fit(X[:3000], n_components=args.components, seed=args.seed)
-        pr = pre.draw(n, seed=args.seed, prior=prior, chains=n, burn=args.burn, thin=args.thin)
-        rows[f"{args.prior} prior"] = pr.x
-        stats.append((f"{args.prior} prior", pr))
-        # the prior's samples share much of their mean: show how each one differs from it
-        rows["prior - mean"] = pr.x - pr.x.mean(0, keepdim=True)
-    if others is not None and len(others):
-        proj = pre.project(torch.from_numpy(np.asarray(others[:n], dtype=np.float64)))
-        rows["other digits"] = torch.from_numpy(np.asarray(others[:n], dtype=np.float64))
-        rows["closest members"] = proj
-        stats.append(("closest to other digits", None))
+    rows, stats = _draw_rows(args, pre, data, others, x0t)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     members = torch.cat(
@@ -266,21 +309,7 @@ def run(args: argparse.Namespace) -> int:
         diverging=[k for k in rows if k == "prior - mean"],
     )
     np.save(out / "members.npy", members.numpy())
-    print()
-    print(f"{'row':<26} {'n':>4} {'max|f(x)-y|':>12} {'ESS':>7} {'R-hat':>7} {'seconds':>8}")
-    k = 0
-    for name, s in stats:
-        cnt = len(s.x) if s is not None else len(rows["closest members"])
-        r = float(res[k : k + cnt].max())
-        k += cnt
-        if s is None:
-            print(f"{name:<26} {cnt:>4} {r:>12.1e} {'-':>7} {'-':>7} {'-':>8}")
-        else:
-            print(f"{name:<26} {cnt:>4} {r:>12.1e} {s.ess:>7.1f} {s.rhat:>7.2f} {s.seconds:>8.1f}")
-    print(
-        f"({time.perf_counter() - t:.1f} s) ESS and R-hat: mixing of the chains "
-        "(R-hat near 1 = mixed)."
-    )
+    _print_table(stats, rows, res, t)
     print(f"figure: {fig}")
     print(f"members: {out / 'members.npy'}")
     return 0

@@ -48,6 +48,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,8 @@ from ..learned import Decoder
 from ..methods.invert import invert
 from ..metrics import psnr, ssim
 from ..priors import GaussianMixturePrior, GaussianPrior, Prior
+
+_M = TypeVar("_M", bound=nn.Module)
 
 #: Row labels of the table and figure, with the ``invert`` method and prior each uses.
 METHODS: dict[str, str] = {"pinv": "pinv", "gaussian": "analytic", "mixture": "analytic"}
@@ -223,7 +226,7 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[Tensor]:
 
 
 def _fit(
-    model: nn.Module,
+    model: _M,
     inputs: Tensor,
     targets: Tensor,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -234,7 +237,7 @@ def _fit(
     seed: int,
     desc: str,
     progress: bool,
-) -> nn.Module:
+) -> _M:
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -376,7 +379,7 @@ def invert_batched(
     prior: Prior | None = None,
     *,
     batch_size: int = 2500,
-    **options: object,
+    **options: Any,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`nninv.invert` over ``y`` in batches; returns ``x``, residuals, converged.
 
@@ -549,22 +552,14 @@ def run_demo(
     timings: dict[str, float] = {}
     train, test = load_split(config.dataset, config.data_dir, config.n_test, config.seed)
     timings["load"] = time.perf_counter() - t_start
-    if config.n_inverted is not None:
-        test = Dataset(
-            test.images[: config.n_inverted], test.labels[: config.n_inverted], test.name
-        )
+    test = _first(test, config.n_inverted)
     say(
         f"data: {train.name} ({len(train)} images, {train.image_shape}) -> "
         f"{test.name} ({len(test)} held out)"
     )
 
     t = time.perf_counter()
-    f = train_seed_model(
-        train.images, train.labels, epochs=config.epochs, seed=config.seed, progress=progress
-    )
-    clf = train_classifier(
-        train.images, train.labels, epochs=config.epochs, seed=config.seed + 1, progress=progress
-    )
+    f, clf = _train_pair(train, config, progress)
     timings["train"] = time.perf_counter() - t
     f_acc, c_acc = accuracy(f, test.images, test.labels), accuracy(clf, test.images, test.labels)
     say(
@@ -585,24 +580,7 @@ def run_demo(
     originals = test.images.double()
     with torch.no_grad():
         y = f64(originals.reshape(len(test), -1))
-    rows = [
-        evaluate_method(
-            "originals",
-            originals,
-            torch.zeros(len(test), dtype=torch.float64),
-            torch.ones(len(test), dtype=torch.bool),
-            0.0,
-            originals,
-            test.labels,
-            clf,
-        )
-    ]
-    for name, method in METHODS.items():
-        t = time.perf_counter()
-        x, res, conv = invert_batched(f64, y, method, priors[name], batch_size=config.batch_size)
-        secs = time.perf_counter() - t
-        timings[f"invert {name}"] = secs
-        rows.append(evaluate_method(name, x, res, conv, secs, originals, test.labels, clf))
+    rows = _method_rows(f64, y, originals, test.labels, clf, priors, config.batch_size, timings)
 
     if config.decoder_epochs > 0:
         t = time.perf_counter()
@@ -631,27 +609,7 @@ def run_demo(
 
     figures: list[Path] = []
     if out_dir is not None:
-        out = Path(out_dir)
-        k = min(config.n_shown, len(test))
-        figures.append(
-            save_grid(
-                {_row_label(r): r.x[:k] for r in rows},
-                out / "inversions.png",
-                image_shape=test.image_shape,
-                title=(
-                    f"Inputs that f = sigmoid(Wx+b) ({train.n_pixels}->10) maps to the "
-                    "originals' outputs (shown clipped to [0, 1])"
-                ),
-            )
-        )
-        figures.append(
-            save_grid(
-                {"g(e_k)": reverse.images},
-                out / "reverse.png",
-                image_shape=test.image_shape,
-                title="g(e_k), k = 0..9; pinv recovers e_k exactly",
-            )
-        )
+        figures = _save_figures(Path(out_dir), config, rows, reverse, test, train.n_pixels)
     timings["total"] = time.perf_counter() - t_start
     return DemoReport(
         config,
@@ -665,6 +623,88 @@ def run_demo(
         timings,
         figures,
     )
+
+
+def _first(data: Dataset, n: int | None) -> Dataset:
+    """The first ``n`` images of ``data`` (all of them when ``n`` is None)."""
+    if n is None:
+        return data
+    return Dataset(data.images[:n], data.labels[:n], data.name)
+
+
+def _train_pair(
+    train: Dataset, config: DemoConfig, progress: bool
+) -> tuple[nn.Sequential, nn.Sequential]:
+    """Train the seed's model ``f`` and the independent classifier on ``train``."""
+    f = train_seed_model(
+        train.images, train.labels, epochs=config.epochs, seed=config.seed, progress=progress
+    )
+    clf = train_classifier(
+        train.images, train.labels, epochs=config.epochs, seed=config.seed + 1, progress=progress
+    )
+    return f, clf
+
+
+def _method_rows(
+    f64: nn.Module,
+    y: Tensor,
+    originals: Tensor,
+    labels: Tensor,
+    clf: nn.Module,
+    priors: dict[str, Prior | None],
+    batch_size: int,
+    timings: dict[str, float],
+) -> list[MethodResult]:
+    """The originals' row and one row per :data:`METHODS` entry (times go to ``timings``)."""
+    n = len(originals)
+    rows = [
+        evaluate_method(
+            "originals",
+            originals,
+            torch.zeros(n, dtype=torch.float64),
+            torch.ones(n, dtype=torch.bool),
+            0.0,
+            originals,
+            labels,
+            clf,
+        )
+    ]
+    for name, method in METHODS.items():
+        t = time.perf_counter()
+        x, res, conv = invert_batched(f64, y, method, priors[name], batch_size=batch_size)
+        secs = time.perf_counter() - t
+        timings[f"invert {name}"] = secs
+        rows.append(evaluate_method(name, x, res, conv, secs, originals, labels, clf))
+    return rows
+
+
+def _save_figures(
+    out: Path,
+    config: DemoConfig,
+    rows: list[MethodResult],
+    reverse: ReverseResult,
+    test: Dataset,
+    n_pixels: int,
+) -> list[Path]:
+    """Draw ``inversions.png`` (each method's first inputs) and ``reverse.png`` into ``out``."""
+    k = min(config.n_shown, len(test))
+    return [
+        save_grid(
+            {_row_label(r): r.x[:k] for r in rows},
+            out / "inversions.png",
+            image_shape=test.image_shape,
+            title=(
+                f"Inputs that f = sigmoid(Wx+b) ({n_pixels}->10) maps to the "
+                "originals' outputs (shown clipped to [0, 1])"
+            ),
+        ),
+        save_grid(
+            {"g(e_k)": reverse.images},
+            out / "reverse.png",
+            image_shape=test.image_shape,
+            title="g(e_k), k = 0..9; pinv recovers e_k exactly",
+        ),
+    ]
 
 
 def _row_label(r: MethodResult) -> str:

@@ -89,26 +89,16 @@ def _err(e: NNInvError) -> HTTPException:
     return HTTPException(status_code=422, detail=str(e))
 
 
-def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
-    """The FastAPI application serving ``explorer``.
+class _Routes:
+    """The app's route handlers over one explorer, registered by :func:`create_app`."""
 
-    Parameters
-    ----------
-    explorer : Explorer
-        The model, data and priors; its views are built on the first request
-        for each target and cached.
-    title : str
-        Shown in the page's header.
+    def __init__(self, explorer: Explorer, title: str) -> None:
+        self.ex = explorer
+        self.title = title
+        self.lo, self.hi = explorer.bounds
 
-    Returns
-    -------
-    fastapi.FastAPI
-    """
-    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
-    ex = explorer
-    lo, hi = ex.bounds
-
-    def check_box(x: Any, what: str) -> None:
+    def check_box(self, x: Any, what: str) -> None:
+        lo, hi = self.lo, self.hi
         if float(x.min()) < lo or float(x.max()) > hi:
             raise HTTPException(
                 status_code=422,
@@ -116,7 +106,8 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
                 f"outside the bounds [{lo:g}, {hi:g}]",
             )
 
-    def view_json(v: View) -> dict[str, Any]:
+    def view_json(self, v: View) -> dict[str, Any]:
+        ex = self.ex
         invs = []
         for inv in v.inversions.values():
             invs.append(
@@ -143,35 +134,33 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
             "spread": v.spread,
         }
 
-    def get_view(key: str) -> View:
+    def get_view(self, key: str) -> View:
         try:
-            return ex.get(key)
+            return self.ex.get(key)
         except NNInvError as e:
             raise _err(e) from None
 
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> HTMLResponse:
+    def index(self) -> HTMLResponse:
         text = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
-        return HTMLResponse(text.replace("{{title}}", title))
+        return HTMLResponse(text.replace("{{title}}", self.title))
 
-    @app.get("/static/{name}")
-    def static(name: str) -> Response:
+    def static(self, name: str) -> Response:
         if name not in _STATIC:
             raise HTTPException(status_code=404, detail=f"no static file {name!r}")
         data = resources.files(__package__).joinpath(f"static/{name}").read_bytes()
         return Response(data, media_type=_STATIC[name])
 
-    @app.get("/api/info")
-    def info() -> dict[str, Any]:
+    def info(self) -> dict[str, Any]:
+        ex = self.ex
         return {
-            "title": title,
+            "title": self.title,
             "input_shape": list(ex.input_shape),
             "display_shape": list(ex.display_shape),
             "n_inputs": ex.n,
             "n_outputs": ex.m,
             "n_images": len(ex.images),
             "labels": None if ex.labels is None else [int(v) for v in ex.labels.tolist()],
-            "bounds": [lo, hi],
+            "bounds": [self.lo, self.hi],
             "inversions": [
                 k
                 for k in ("pinv", "gaussian", "mixture", "decoder")
@@ -180,8 +169,8 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
             "model": type(ex.model).__name__,
         }
 
-    @app.post("/api/select")
-    def select(req: SelectRequest) -> dict[str, Any]:
+    def select(self, req: SelectRequest) -> dict[str, Any]:
+        ex = self.ex
         t0 = time.perf_counter()
         try:
             if req.image is not None:
@@ -191,14 +180,14 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
                 v = ex.view_output(req.output)
         except NNInvError as e:
             raise _err(e) from None
-        out = view_json(v)
+        out = self.view_json(v)
         out["seconds"] = time.perf_counter() - t0
         return out
 
-    @app.post("/api/slide")
-    def slide(req: SlideRequest) -> dict[str, Any]:
+    def slide(self, req: SlideRequest) -> dict[str, Any]:
+        ex = self.ex
         t0 = time.perf_counter()
-        v = get_view(req.view)
+        v = self.get_view(req.view)
         try:
             x, raw = ex.slide(v, req.base, req.coefs)
         except NNInvError as e:
@@ -212,15 +201,15 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
             "seconds": time.perf_counter() - t0,
         }
 
-    @app.post("/api/project")
-    def project(req: ProjectRequest) -> dict[str, Any]:
+    def project(self, req: ProjectRequest) -> dict[str, Any]:
+        ex = self.ex
         t0 = time.perf_counter()
-        v = get_view(req.view)
+        v = self.get_view(req.view)
         try:
             x = ex.flat(req.x, "x")
         except NNInvError as e:
             raise _err(e) from None
-        check_box(x, "x")
+        self.check_box(x, "x")
         try:
             p = ex.project(v, x)
         except NNInvError as e:
@@ -236,10 +225,10 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
             "seconds": time.perf_counter() - t0,
         }
 
-    @app.post("/api/closest")
-    def closest(req: ClosestRequest) -> dict[str, Any]:
+    def closest(self, req: ClosestRequest) -> dict[str, Any]:
+        ex = self.ex
         t0 = time.perf_counter()
-        v = get_view(req.view)
+        v = self.get_view(req.view)
         try:
             x0 = v.base("image") if req.x is None else ex.flat(req.x, "x")
             res, label = ex.closest(x0, req.label, req.norm)
@@ -257,21 +246,48 @@ def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
             "seconds": time.perf_counter() - t0,
         }
 
-    @app.exception_handler(RequestValidationError)
-    def _invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
-        # the offending input is left out: it may be NaN, which JSON cannot carry
-        errors = [
-            {
-                "loc": [str(p) for p in e.get("loc", ())],
-                "msg": e.get("msg", ""),
-                "type": e.get("type"),
-            }
-            for e in exc.errors()
-        ]
-        return JSONResponse(status_code=422, content={"detail": errors})
 
-    @app.exception_handler(NNInvError)
-    def _nninv_error(_request: Any, exc: NNInvError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+def _invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
+    # the offending input is left out: it may be NaN, which JSON cannot carry
+    errors = [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": e.get("msg", ""),
+            "type": e.get("type"),
+        }
+        for e in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": errors})
 
+
+def _nninv_error(_request: Any, exc: NNInvError) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+
+def create_app(explorer: Explorer, *, title: str = "nninv explorer") -> FastAPI:
+    """The FastAPI application serving ``explorer``.
+
+    Parameters
+    ----------
+    explorer : Explorer
+        The model, data and priors; its views are built on the first request
+        for each target and cached.
+    title : str
+        Shown in the page's header.
+
+    Returns
+    -------
+    fastapi.FastAPI
+    """
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    routes = _Routes(explorer, title)
+    app.get("/", response_class=HTMLResponse)(routes.index)
+    app.get("/static/{name}")(routes.static)
+    app.get("/api/info")(routes.info)
+    app.post("/api/select")(routes.select)
+    app.post("/api/slide")(routes.slide)
+    app.post("/api/project")(routes.project)
+    app.post("/api/closest")(routes.closest)
+    app.exception_handler(RequestValidationError)(_invalid)
+    app.exception_handler(NNInvError)(_nninv_error)
     return app
