@@ -31,7 +31,7 @@ from ..checks import positive_int
 from ..errors import NNInvError
 from ..model.chain import analyse, eval_mode
 from ..priors import Prior
-from ._batch import invert_batch
+from ._batch import BatchResult, invert_batch
 
 #: Rows per batch when none is given.
 DEFAULT_BATCH = 4096
@@ -130,6 +130,79 @@ def _rows_on_disk(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[
     return min((path.stat().st_size - offset) // row, shape[0]), offset
 
 
+def _reopen(
+    old: dict[str, Any],
+    meta: dict[str, Any],
+    paths: tuple[Path, Path, Path],
+    n: int,
+    in_shape: tuple[int, ...],
+) -> tuple[int, list[BinaryIO]]:
+    """Check a previous run's ``.json`` and reopen its files after the rows all of them hold."""
+    x_path = paths[0]
+    run = {k: old.get(k) for k in meta}
+    if run != meta:
+        diff = ", ".join(f"{k}: {run[k]!r} != {meta[k]!r}" for k in meta if run[k] != meta[k])
+        raise NNInvError(
+            f"cannot resume into '{x_path}': it was written by a different run ({diff}); "
+            "give another --out or run without --resume"
+        )
+    dtype = np.dtype(old["dtype"])
+    shapes = [(n, *in_shape), (n,), (n,)]
+    dtypes = [dtype, dtype, np.dtype(bool)]
+    counts = []
+    for p, s, dt in zip(paths, shapes, dtypes):
+        counts.append(_rows_on_disk(p, s, dt) if p.exists() else (0, 0))
+    done = min(c for c, _ in counts)
+    files: list[BinaryIO] = []
+    for p, (_, offset), s, dt in zip(paths, counts, shapes, dtypes):
+        if not p.exists():
+            files.append(_start(p, s, dt))
+            continue
+        f = open(p, "r+b")
+        f.truncate(offset + done * dt.itemsize * math.prod(s[1:]))
+        f.seek(0, os.SEEK_END)
+        files.append(f)
+    return done, files
+
+
+def _append(files: list[BinaryIO], res: BatchResult) -> None:
+    """Append one batch's inputs, residuals and flags to the three open files."""
+    for f, a in zip(files, (res.x, res.residual, res.converged)):
+        f.write(np.ascontiguousarray(a).data.cast("B"))  # no copy
+        f.flush()
+
+
+def _summary(
+    paths: tuple[Path, Path, Path],
+    n: int,
+    first: tuple[int, str] | None,
+    used: str,
+    used_tol: float,
+    resumed_from: int,
+) -> StreamResult:
+    """Read the finished residual and flag files back into a :class:`StreamResult`."""
+    x_path, r_path, c_path = paths
+    residual = np.load(r_path, mmap_mode="r")
+    converged = np.load(c_path, mmap_mode="r")
+    n_ok = int(converged.sum())
+    if n_ok < n and (first is None or resumed_from):
+        i = int(np.argmin(converged))
+        if first is None or i < first[0]:
+            first = (i, f"residual {float(residual[i]):.3g} above tol {used_tol:g}")
+    return StreamResult(
+        x_path,
+        r_path,
+        c_path,
+        n,
+        n_ok,
+        float(residual.max()),
+        first,
+        used,
+        used_tol,
+        resumed_from,
+    )
+
+
 def invert_file(
     model: nn.Module,
     outputs: str | Path,
@@ -215,28 +288,7 @@ def invert_file(
     files: list[BinaryIO] = []
     if resume and meta_path.exists() and x_path.exists():
         old = json.loads(meta_path.read_text())
-        run = {k: old.get(k) for k in meta}
-        if run != meta:
-            diff = ", ".join(f"{k}: {run[k]!r} != {meta[k]!r}" for k in meta if run[k] != meta[k])
-            raise NNInvError(
-                f"cannot resume into '{x_path}': it was written by a different run ({diff}); "
-                "give another --out or run without --resume"
-            )
-        dtype = np.dtype(old["dtype"])
-        shapes = [(n, *in_shape), (n,), (n,)]
-        dtypes = [dtype, dtype, np.dtype(bool)]
-        counts = []
-        for p, s, dt in zip((x_path, r_path, c_path), shapes, dtypes):
-            counts.append(_rows_on_disk(p, s, dt) if p.exists() else (0, 0))
-        done = min(c for c, _ in counts)
-        for p, (_, offset), s, dt in zip((x_path, r_path, c_path), counts, shapes, dtypes):
-            if not p.exists():
-                files.append(_start(p, s, dt))
-                continue
-            f = open(p, "r+b")
-            f.truncate(offset + done * dt.itemsize * math.prod(s[1:]))
-            f.seek(0, os.SEEK_END)
-            files.append(f)
+        done, files = _reopen(old, meta, (x_path, r_path, c_path), n, in_shape)
     resumed_from = done
     used = str(old.get("method_used", method)) if done else method
     used_tol = float(old.get("tol", float("nan"))) if done else float("nan")
@@ -266,30 +318,10 @@ def invert_file(
                     _start(r_path, (n,), res.residual.dtype),
                     _start(c_path, (n,), np.dtype(bool)),
                 ]
-            for f, a in zip(files, (res.x, res.residual, res.converged)):
-                f.write(memoryview(np.ascontiguousarray(a)).cast("B"))  # no copy
-                f.flush()
+            _append(files, res)
             bar.update(stop - start)
     finally:
         bar.close()
         for f in files:
             f.close()
-    residual = np.load(r_path, mmap_mode="r")
-    converged = np.load(c_path, mmap_mode="r")
-    n_ok = int(converged.sum())
-    if n_ok < n and (first is None or resumed_from):
-        i = int(np.argmin(converged))
-        if first is None or i < first[0]:
-            first = (i, f"residual {float(residual[i]):.3g} above tol {used_tol:g}")
-    return StreamResult(
-        x_path,
-        r_path,
-        c_path,
-        n,
-        n_ok,
-        float(residual.max()),
-        first,
-        used,
-        used_tol,
-        resumed_from,
-    )
+    return _summary((x_path, r_path, c_path), n, first, used, used_tol, resumed_from)

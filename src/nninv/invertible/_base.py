@@ -14,6 +14,7 @@ __all__ = ["CHECK_TOL", "InverseReport", "InvertibleBlock", "InvertibleSequentia
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -157,7 +158,8 @@ class InvertibleSequential(InvertibleBlock):
         self.blocks = nn.ModuleList(blocks)
 
     def __iter__(self) -> Iterator[InvertibleBlock]:
-        return iter(self.blocks)  # type: ignore[arg-type]
+        # the constructor admits only InvertibleBlock modules
+        return cast(Iterator[InvertibleBlock], iter(self.blocks))
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -185,7 +187,7 @@ class InvertibleSequential(InvertibleBlock):
         """
         reports: list[InverseReport] = []
         x = y
-        for b in reversed(self.blocks):
+        for b in reversed(list(self)):
             x, r = b.inverse(x)
             reports.append(r)
         reports.reverse()
@@ -213,7 +215,7 @@ class InvertibleSequential(InvertibleBlock):
 
     def lipschitz(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for i, b in enumerate(self.blocks):
-            for k, v in b.lipschitz().items():  # type: ignore[operator]
+        for i, b in enumerate(self):
+            for k, v in b.lipschitz().items():
                 out[f"{i}.{k}" if k else str(i)] = v
         return out

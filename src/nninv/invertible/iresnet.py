@@ -76,6 +76,12 @@ class IResBlock(InvertibleBlock):
     (True, True)
     """
 
+    # buffers registered in __init__
+    u1: Tensor
+    v1: Tensor
+    u2: Tensor
+    v2: Tensor
+
     def __init__(
         self,
         features: int,

@@ -55,6 +55,9 @@ class ActNorm(InvertibleBlock):
     min_std : float
     """
 
+    # buffers registered in __init__
+    initialized: Tensor
+
     def __init__(self, channels: int, *, min_std: float = 0.1) -> None:
         super().__init__()
         self.channels = channels
@@ -96,6 +99,12 @@ class InvConv1x1(InvertibleBlock):
     seed : int
         Seed of the initial rotation.
     """
+
+    # buffers registered in __init__
+    order: Tensor
+    sign: Tensor
+    mask: Tensor
+    eye: Tensor
 
     def __init__(self, channels: int, *, seed: int = 0) -> None:
         super().__init__()

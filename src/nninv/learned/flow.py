@@ -188,13 +188,14 @@ class ConditionalFlow:
         with torch.no_grad():
             G = decoder(Y)
             if space == "logit":
+                assert box is not None  # checked above
                 g = torch.Generator().manual_seed(seed + 2)
                 U = torch.rand(X.shape, generator=g).to(device)
                 R = _to_logit(X, box, U) - _to_logit(G, box)
             else:
                 R = X - G
             R = R.reshape(len(X), -1)
-            C = decoder.net.features(Y)
+            C = decoder.net.get_submodule("features")(Y)
         # a floor on the scale: inputs that barely vary (MNIST's border pixels, std 4e-4)
         # would otherwise give the flow standardised errors of 200 and more, and its
         # training spikes to NLL 1e7 on them
@@ -230,7 +231,7 @@ class ConditionalFlow:
             if seed is not None:
                 torch.manual_seed(seed)
             g = self.decoder(y32).reshape(len(y32), -1)
-            c = self.decoder.net.features(y32)
+            c = self.decoder.net.get_submodule("features")(y32)
             z = self.flow(c).sample((n,))  # (n, N, features)
             if self.config.get("space", "linear") == "logit":
                 box = self.decoder.config["box"]

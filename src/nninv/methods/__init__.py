@@ -143,9 +143,7 @@ def register(name: str, options: type | None = None) -> Callable[[Method], Metho
     their defaults; None (for methods written before options were declared) hands
     the method a dict it checks itself with :meth:`Problem.take_options`.
     """
-    if options is not None and not (
-        dataclasses.is_dataclass(options) and getattr(options, "__dataclass_params__", None).frozen
-    ):
+    if options is not None and not (dataclasses.is_dataclass(options) and _frozen(options)):
         raise NNInvError(f"the options of method {name!r} must be a frozen dataclass")
 
     def deco(fn: Method) -> Method:
@@ -296,8 +294,8 @@ def choose_method(
     order += ["optimize", "decoder"]
     order = [m for m in order if m in METHODS]
     for name in order:
-        cls = _OPTIONS.get(name)
-        if need <= (_fields(cls) if cls is not None else need):
+        declared = _OPTIONS.get(name)
+        if need <= (_fields(declared) if declared is not None else need):
             return name
     takes_ = "; ".join(
         f"{m}: {', '.join(sorted(_fields(_OPTIONS[m]))) or 'none'}" for m in order if m in _OPTIONS
@@ -309,6 +307,12 @@ def choose_method(
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _frozen(cls: Any) -> bool:
+    """Whether the dataclass ``cls`` was declared ``frozen=True``."""
+    params: Any = getattr(cls, "__dataclass_params__", None)
+    return params.frozen
 
 
 def _fields(cls: type) -> set[str]:

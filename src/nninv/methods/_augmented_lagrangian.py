@@ -120,7 +120,7 @@ class _AugmentedLagrangian:
             else:
                 mu = self.lam[idx, 0]
                 phi = phi + ((mu + rho * r[:, 0]).clamp(min=0).pow(2) - mu.pow(2)) / (2 * rho)
-            if self.lo is not None:
+            if self.lo is not None and self.hi is not None:
                 rb = self.rho_b[idx, None]
                 nu_hi, nu_lo = self.nu_hi[idx], self.nu_lo[idx]
                 up = (nu_hi + rb * (x - self.hi)).clamp(min=0)
@@ -141,7 +141,7 @@ class _AugmentedLagrangian:
             x = self.coords.to_x(u, idx)
             r = self.cons.residual(self.cons.F(x), self.rows[idx])
         feas = self.cons.violation(r).nan_to_num(nan=math.inf)
-        if self.lo is not None:
+        if self.lo is not None and self.hi is not None:
             bv = torch.maximum((x - self.hi).amax(1), (self.lo - x).amax(1)).clamp(min=0)
         else:
             bv = torch.zeros_like(feas)
@@ -203,7 +203,7 @@ class _AugmentedLagrangian:
                 self.lam[idx, 0] = (self.lam[idx, 0] + rho * r[:, 0]).clamp(min=0)
             slow = fi > torch.maximum(0.25 * feas[idx], eta[idx])
             self.rho[idx] = torch.where(slow, rho * 10, rho)
-            if self.lo is not None:
+            if self.lo is not None and self.hi is not None:
                 rb = self.rho_b[idx]
                 self.nu_hi[idx] = (self.nu_hi[idx] + rb[:, None] * (x - self.hi)).clamp(min=0)
                 self.nu_lo[idx] = (self.nu_lo[idx] + rb[:, None] * (self.lo - x)).clamp(min=0)
@@ -259,19 +259,7 @@ def _lbfgs(
         if pos.numel() == 0:
             break
         kk = pos.numel()
-        # two-loop recursion (Nocedal & Wright, alg. 7.4); empty slots have R = 0
-        q = ga.clone()
-        alpha = torch.zeros(kk, history, dtype=dtype, device=dev)
-        for j in range(history):
-            i = (head - 1 - j) % history
-            alpha[:, i] = R[:, i] * torch.linalg.vecdot(S[:, i], q)
-            q.sub_(alpha[:, i, None] * Y[:, i])
-        q.mul_(gamma[:, None])
-        for j in range(history):
-            i = (head + j) % history
-            beta = R[:, i] * torch.linalg.vecdot(Y[:, i], q)
-            q.add_(S[:, i] * (alpha[:, i] - beta)[:, None])
-        d = q.neg_()
+        d = _two_loop(ga, S, Y, R, gamma, head)
         slope = torch.linalg.vecdot(ga, d)
         bad = ~(slope < 0)
         if bool(bad.any()):
@@ -315,3 +303,24 @@ def _lbfgs(
             S, Y, R, gamma = S[go], Y[go], R[go], gamma[go]
     u[pos] = ua
     return u, its
+
+
+def _two_loop(ga: Tensor, S: Tensor, Y: Tensor, R: Tensor, gamma: Tensor, head: int) -> Tensor:
+    """The L-BFGS direction ``-H g`` by the two-loop recursion (Nocedal & Wright, alg. 7.4).
+
+    ``S``, ``Y`` (k, history, n) and ``R = 1 / (s.y)`` (k, history) are a ring of
+    curvature pairs whose next slot is ``head``; empty slots have R = 0.
+    """
+    kk, history = R.shape
+    q = ga.clone()
+    alpha = torch.zeros(kk, history, dtype=R.dtype, device=R.device)
+    for j in range(history):
+        i = (head - 1 - j) % history
+        alpha[:, i] = R[:, i] * torch.linalg.vecdot(S[:, i], q)
+        q.sub_(alpha[:, i, None] * Y[:, i])
+    q.mul_(gamma[:, None])
+    for j in range(history):
+        i = (head + j) % history
+        beta = R[:, i] * torch.linalg.vecdot(Y[:, i], q)
+        q.add_(S[:, i] * (alpha[:, i] - beta)[:, None])
+    return q.neg_()

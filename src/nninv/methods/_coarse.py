@@ -23,7 +23,7 @@ from __future__ import annotations
 __all__ = ["coarse_problem", "coarse_shape"]
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +99,7 @@ def downsample(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     """Area-average ``x`` (any leading batch axes) to the spatial size of ``shape``."""
     lead = x.shape[: x.dim() - len(shape)]
     v = x.reshape(-1, *([1] if len(shape) == 2 else []), *x.shape[x.dim() - len(shape) :])
-    v = F.adaptive_avg_pool2d(v, shape[-2:])
+    v = F.adaptive_avg_pool2d(v, cast(tuple[int, int], shape[-2:]))  # the last two axes
     return v.reshape(*lead, *shape)
 
 

@@ -68,12 +68,6 @@ def backward_pass(
     info: dict = {"outside_range": 0.0, "projection_iterations": 0}
     rtol_out = 1e3 * torch.finfo(dtype).eps
 
-    def fail(mask: Tensor, why: str) -> None:
-        for i in mask.nonzero().flatten().tolist():
-            if reasons[i] is None:
-                reasons[i] = why
-        ok.logical_and_(~mask)
-
     polish = torch.zeros(N, dtype=torch.bool, device=device)
     first_affine = True
     exact: Tensor | None = y
@@ -89,36 +83,11 @@ def backward_pass(
                 d, outside = F.reduce(d - b.to(dtype) @ B.T)
                 B = F.Vh
                 continue
-            v = choose(pos + 1, B, d)
-            if isinstance(step, Elementwise):
-                inside = step.act.in_range(v).all(1)
-                if not bool(inside.all()):
-                    act = step.act
-                    clipped = _clip_inside(v[~inside], act)
-                    u, err, it = gauss_newton_onto(
-                        B, d[~inside], act.reparam, act.reparam_inverse(clipped), tol=hidden_tol
-                    )
-                    info["projection_iterations"] = max(info["projection_iterations"], it)
-                    vv = act.reparam(u)
-                    vv = torch.where(torch.isfinite(vv) & act.in_range(vv), vv, clipped)
-                    v = v.clone()
-                    v[~inside] = vv
-                    # the member is unreachable inside the range: keep the clipped one and
-                    # finish the sample by Gauss-Newton on the whole chain (below)
-                    polish[(~inside).nonzero().flatten()[~(err <= hidden_tol)]] = True
-            elif isinstance(step, Shift):
-                raise NNInvError(
-                    f"{step.label()} inside the network: closed-form methods invert Softmax "
-                    "only as the last layer; use method='optimize'"
-                )
+            v = _choose_member(step, choose(pos + 1, B, d), B, d, hidden_tol, info, polish)
             exact, B, d = v, None, None
         # exact values of this step's output
         if isinstance(step, Elementwise):
-            exact = step.act.inverse(exact)
-            if not all_finite(exact):
-                finite = torch.isfinite(exact)
-                polish |= ~finite.all(1)
-                exact = torch.where(finite, exact, torch.zeros_like(exact))
+            exact = _invert_elementwise(step, exact, polish)
         elif isinstance(step, Shift):
             t = exact if step.log else torch.log(exact)
             B = _centering_basis(t.shape[1], dtype, device)
@@ -139,12 +108,12 @@ def backward_pass(
                 first_affine = False
                 exact = None
                 continue
-            scale = torch.linalg.vector_norm(c, dim=1).clamp(min=1.0)
-            far = outside > rtol_out * scale
-            info["outside_range"] = max(info["outside_range"], float(outside.max()))
+            far = _far_from_range(c, outside, rtol_out, info)
             if bool(far.any()):
                 if first_affine:
-                    fail(
+                    _fail(
+                        ok,
+                        reasons,
                         far,
                         f"the target is not in the range of {step.label()} "
                         f"(rank {F.rank} of {F.shape[0]} outputs); the least-squares "
@@ -169,18 +138,92 @@ def backward_pass(
     polish &= ok
     info["polished"] = int(polish.sum()) if bool(polish.any()) else 0  # any() is cheaper
     if info["polished"]:
-        exact = exact.clone()
-        xs, err, it = _polish(chain, exact[polish], y[polish], hidden_tol)
-        info["polish_iterations"] = it
-        exact[polish] = xs
-        bad = torch.zeros(N, dtype=torch.bool, device=device)
-        bad[polish.nonzero().flatten()[~(err <= hidden_tol)]] = True
-        fail(
-            bad,
-            "a hidden layer's member was not reachable from the layers before it, and "
-            "Gauss-Newton on the whole chain stopped above tolerance",
-        )
+        exact = _polish_marked(chain, exact, y, polish, hidden_tol, info, ok, reasons)
     return exact, ok, reasons, info
+
+
+def _fail(ok: Tensor, reasons: list[str | None], mask: Tensor, why: str) -> None:
+    """Mark the samples in ``mask`` failed, keeping the first reason of each."""
+    for i in mask.nonzero().flatten().tolist():
+        if reasons[i] is None:
+            reasons[i] = why
+    ok.logical_and_(~mask)
+
+
+def _choose_member(
+    step: object, v: Tensor, B: Tensor, d: Tensor, hidden_tol: float, info: dict, polish: Tensor
+) -> Tensor:
+    """Bring the chosen member ``v`` of ``{B v = d}`` into the range of ``step``'s activation.
+
+    Samples whose member cannot be brought there are marked in ``polish``.
+    """
+    if isinstance(step, Elementwise):
+        inside = step.act.in_range(v).all(1)
+        if not bool(inside.all()):
+            act = step.act
+            clipped = _clip_inside(v[~inside], act)
+            u, err, it = gauss_newton_onto(
+                B, d[~inside], act.reparam, act.reparam_inverse(clipped), tol=hidden_tol
+            )
+            info["projection_iterations"] = max(info["projection_iterations"], it)
+            vv = act.reparam(u)
+            vv = torch.where(torch.isfinite(vv) & act.in_range(vv), vv, clipped)
+            v = v.clone()
+            v[~inside] = vv
+            # the member is unreachable inside the range: keep the clipped one and
+            # finish the sample by Gauss-Newton on the whole chain (below)
+            polish[(~inside).nonzero().flatten()[~(err <= hidden_tol)]] = True
+    elif isinstance(step, Shift):
+        raise NNInvError(
+            f"{step.label()} inside the network: closed-form methods invert Softmax "
+            "only as the last layer; use method='optimize'"
+        )
+    return v
+
+
+def _invert_elementwise(step: Elementwise, exact: Tensor, polish: Tensor) -> Tensor:
+    """Exact values before an activation; non-finite ones are zeroed and marked in ``polish``."""
+    exact = step.act.inverse(exact)
+    if not all_finite(exact):
+        finite = torch.isfinite(exact)
+        polish |= ~finite.all(1)
+        exact = torch.where(finite, exact, torch.zeros_like(exact))
+    return exact
+
+
+def _far_from_range(c: Tensor, outside: Tensor, rtol_out: float, info: dict) -> Tensor:
+    """Samples whose target part outside an affine block's range is above round-off."""
+    scale = torch.linalg.vector_norm(c, dim=1).clamp(min=1.0)
+    far = outside > rtol_out * scale
+    info["outside_range"] = max(info["outside_range"], float(outside.max()))
+    return far
+
+
+def _polish_marked(
+    chain: Chain,
+    exact: Tensor,
+    y: Tensor,
+    polish: Tensor,
+    hidden_tol: float,
+    info: dict,
+    ok: Tensor,
+    reasons: list[str | None],
+) -> Tensor:
+    """Gauss-Newton on the whole chain for the samples marked in ``polish``."""
+    exact = exact.clone()
+    xs, err, it = _polish(chain, exact[polish], y[polish], hidden_tol)
+    info["polish_iterations"] = it
+    exact[polish] = xs
+    bad = torch.zeros(exact.shape[0], dtype=torch.bool, device=exact.device)
+    bad[polish.nonzero().flatten()[~(err <= hidden_tol)]] = True
+    _fail(
+        ok,
+        reasons,
+        bad,
+        "a hidden layer's member was not reachable from the layers before it, and "
+        "Gauss-Newton on the whole chain stopped above tolerance",
+    )
+    return exact
 
 
 def _pre_target(chain: Chain, y: Tensor) -> tuple[int, Tensor]:

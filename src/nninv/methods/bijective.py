@@ -37,7 +37,8 @@ class BijectiveOptions:
 def bijective(problem: Problem) -> Solution:
     """Invert with the model's own ``inverse``; its report's flags become ``Solution.ok``."""
     problem.options_as(BijectiveOptions)
-    model = problem.model
+    # Any: a model that passes is_bijective has an inverse(y) method
+    model: Any = problem.model
     if not is_bijective(model):
         raise NNInvError(
             f"method 'bijective' needs a model with bijective = True and an inverse(y) method "

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..checks import model_dtype_device
 from ..errors import NNInvError, NNInvWarning
-from ..model.chain import analyse, eval_mode, resolve_input_shape
+from ..model.chain import Chain, analyse, eval_mode, resolve_input_shape
 from ..model.io import as_module
 from ..model.outputs import as_output, check_range, residual_of
 from ..priors import Prior
@@ -125,48 +125,15 @@ def invert(
     (True, True)
     """
     model = as_module(model)
-    if prior is not None and not isinstance(prior, Prior):
-        if not hasattr(prior, "log_prob"):
-            raise NNInvError(
-                f"prior must be an nninv Prior or have a log_prob method, got "
-                f"{type(prior).__name__}"
-            )
+    _check_prior(prior)
     mdtype, device = _model_dtype_device(model)
     given = _gather(options, kwargs, {"bounds": bounds, "x0": x0})
-    # a model that does not tell its input shape takes the prior's, the decoder's, or x0's
-    start = given.get("x0", given.get("start"))
-    known = (
-        getattr(prior, "event_shape", None)
-        or getattr(given.get("decoder"), "input_shape", None)
-        or _shape_of(start)
-    )
-    if input_shape is None and known is not None:
-        try:
-            resolve_input_shape(model, None)
-        except NNInvError:
-            input_shape = tuple(known)
+    input_shape = _input_shape(model, prior, given, input_shape)
     with eval_mode(model):
         chain = analyse(model, input_shape)
         in_shape, out_shape = chain.input_shape, chain.output_shape
-        if prior is not None and hasattr(prior, "event_shape"):
-            if math.prod(prior.event_shape) != math.prod(in_shape):
-                raise NNInvError(
-                    f"the prior is over {tuple(prior.event_shape)} "
-                    f"({math.prod(prior.event_shape)} values) but the model input is "
-                    f"{in_shape} ({math.prod(in_shape)} values)"
-                )
-        if isinstance(target, ClassTarget):
-            dtype = mdtype
-            target.check_classes(math.prod(out_shape))
-            tgt: Tensor | ClassTarget = target
-            moved = 0
-        else:
-            tdtype = target.dtype if isinstance(target, Tensor) else None
-            dtype = tdtype if tdtype is not None and tdtype.is_floating_point else mdtype
-            y = as_output(target, out_shape, dtype, device)
-            yf, moved = check_range(y.reshape(y.shape[0], -1), chain)
-            y = yf.reshape(y.shape)
-            tgt = y
+        _check_prior_shape(prior, in_shape)
+        tgt, dtype, moved = _as_target(target, chain, mdtype, device)
         if method == "auto":
             method = choose_method(
                 chain, tgt, prior, options=options if _is_instance(options) else given
@@ -193,14 +160,7 @@ def invert(
             ok &= sol.ok.to(ok.device)
         all_ok = bool(ok.all())
         if not all_ok:
-            for i in (~ok).nonzero().flatten().tolist():
-                if reasons[i] is None:
-                    reasons[i] = (
-                        f"not in the target class when the model runs it ({mdtype}), "
-                        f"shortfall {float(residual[i]):.3g}"
-                        if isinstance(tgt, ClassTarget)
-                        else f"residual {float(residual[i]):.3g} above tol {tol:g}"
-                    )
+            _explain(reasons, ok, residual, tgt, mdtype, tol)
         info = {"tol": tol, "reasons": reasons, **sol.info}
         if moved:
             info["edge_values_moved"] = moved
@@ -211,6 +171,79 @@ def invert(
             f"{n_bad} of {len(x)} samples did not converge: {first}", NNInvWarning, stacklevel=2
         )
     return Inversion(x, residual, ok, sol.iterations, method, info, reasons)
+
+
+def _check_prior(prior: Any) -> None:
+    """Raise unless ``prior`` is None, a :class:`Prior` or has a ``log_prob`` method."""
+    if prior is not None and not isinstance(prior, Prior):
+        if not hasattr(prior, "log_prob"):
+            raise NNInvError(
+                f"prior must be an nninv Prior or have a log_prob method, got "
+                f"{type(prior).__name__}"
+            )
+
+
+def _input_shape(
+    model: nn.Module, prior: Any, given: dict[str, Any], input_shape: Sequence[int] | None
+) -> Sequence[int] | None:
+    """A model that does not tell its input shape takes the prior's, the decoder's, or x0's."""
+    start = given.get("x0", given.get("start"))
+    known = (
+        getattr(prior, "event_shape", None)
+        or getattr(given.get("decoder"), "input_shape", None)
+        or _shape_of(start)
+    )
+    if input_shape is None and known is not None:
+        try:
+            resolve_input_shape(model, None)
+        except NNInvError:
+            input_shape = tuple(known)
+    return input_shape
+
+
+def _check_prior_shape(prior: Any, in_shape: tuple[int, ...]) -> None:
+    """Raise if the prior's event holds another number of values than the model input."""
+    if prior is not None and hasattr(prior, "event_shape"):
+        if math.prod(prior.event_shape) != math.prod(in_shape):
+            raise NNInvError(
+                f"the prior is over {tuple(prior.event_shape)} "
+                f"({math.prod(prior.event_shape)} values) but the model input is "
+                f"{in_shape} ({math.prod(in_shape)} values)"
+            )
+
+
+def _as_target(
+    target: Any, chain: Chain, mdtype: torch.dtype, device: torch.device
+) -> tuple[Tensor | ClassTarget, torch.dtype, int]:
+    """The checked target, the computation dtype, and how many edge values were moved."""
+    out_shape = chain.output_shape
+    if isinstance(target, ClassTarget):
+        target.check_classes(math.prod(out_shape))
+        return target, mdtype, 0
+    tdtype = target.dtype if isinstance(target, Tensor) else None
+    dtype = tdtype if tdtype is not None and tdtype.is_floating_point else mdtype
+    y = as_output(target, out_shape, dtype, device)
+    yf, moved = check_range(y.reshape(y.shape[0], -1), chain)
+    return yf.reshape(y.shape), dtype, moved
+
+
+def _explain(
+    reasons: list[str | None],
+    ok: Tensor,
+    residual: Tensor,
+    tgt: Tensor | ClassTarget,
+    mdtype: torch.dtype,
+    tol: float,
+) -> None:
+    """Give each sample that did not converge and has no reason yet one."""
+    for i in (~ok).nonzero().flatten().tolist():
+        if reasons[i] is None:
+            reasons[i] = (
+                f"not in the target class when the model runs it ({mdtype}), "
+                f"shortfall {float(residual[i]):.3g}"
+                if isinstance(tgt, ClassTarget)
+                else f"residual {float(residual[i]):.3g} above tol {tol:g}"
+            )
 
 
 def _is_instance(options: Any) -> bool:

@@ -245,17 +245,7 @@ def _invert(problem: Problem) -> Solution:
     t_start = time.perf_counter()
     coarse_info = None
     if opts.coarse is not None:
-        # coarse-to-fine: the answers over coarse images, upsampled, are the starts
-        fine = dataclasses.replace(opts, coarse=None)
-        sub, up = coarse_problem(problem, opts.coarse, fine)
-        rough = _invert(sub)
-        with torch.no_grad():
-            opts = dataclasses.replace(opts, x0=up(rough.x))
-        coarse_info = {
-            "shape": sub.input_shape,
-            "converged": int(rough.ok.sum()) if rough.ok is not None else problem.n,
-            "seconds": rough.info["seconds"],
-        }
+        opts, coarse_info = _coarse_start(problem, opts)
     dtype, device = problem.dtype, problem.device
     N = problem.n
     restarts, n_comp, max_iter = opts.restarts, opts.components, opts.max_iter
@@ -269,26 +259,13 @@ def _invert(problem: Problem) -> Solution:
     fn = _ModelFunctions(problem.model, problem.chain, dtype, device)
     cons = _Constraint.build(problem.target, fn, dtype, device)
     coords = _Coords.build(problem.prior, problem.input_shape, dtype, device)
-    if wdtype == dtype:
-        cons_w, coords_w = cons, coords
-    else:
-        fn_w = _ModelFunctions(problem.model, problem.chain, wdtype, device)
-        cons_w = _Constraint.build(problem.target, fn_w, wdtype, device)
-        coords_w = _Coords.build(problem.prior, problem.input_shape, wdtype, device)
+    cons_w, coords_w = _working_copies(problem, wdtype, cons, coords)
     coords_w = coords_w.low_rank(_whiten_rank(opts.whiten_rank, math.prod(problem.input_shape)))
-    lo_w, hi_w = (None, None) if lo is None else (lo.to(wdtype), hi.to(wdtype))
+    lo_w, hi_w = (None, None) if lo is None or hi is None else (lo.to(wdtype), hi.to(wdtype))
     x0 = _start(opts.x0, problem, lo, hi)
 
     comp_ids, n_comp = _choose_components(coords, cons, N, n_comp, lo, hi)
-    n_starts = restarts * n_comp
-    # sample i, candidate j sits at row j * N + i
-    rows = torch.arange(N, device=device).repeat(n_starts)
-    random = torch.arange(N * n_starts, device=device) >= N * n_comp  # restarts 2, 3, ...
-    comp = comp_ids.T.reshape(-1) if comp_ids is not None else None
-    if comp is not None:
-        # rows of one component side by side: each component whitens one slice
-        order = torch.argsort(comp, stable=True)
-        rows, comp, random = rows[order], comp[order], random[order]
+    rows, random, comp = _start_rows(comp_ids, N, restarts, n_comp, device)
     coords = coords.expand(comp)
     x_init = coords.to_x(_initial_u(coords, x0, rows, random, seed, lo, hi, dtype), None)
 
@@ -352,7 +329,66 @@ def _invert(problem: Problem) -> Solution:
     ok, reasons, energy = _assess(problem, coords, cons, rows, x, track, lo, hi)
     best = _select(ok, energy, rows, N)
     xs = x[best].reshape(N, *problem.input_shape).to(dtype)
-    info = {
+    info = _info(track, best, energy, comp, coarse_info, t_start)
+    iterations = int(track.iterations[best].max())
+    return Solution(xs, iterations, ok[best], [reasons[i] for i in best.tolist()], info)
+
+
+def _coarse_start(problem: Problem, opts: OptimizeOptions) -> tuple[OptimizeOptions, dict]:
+    """Coarse-to-fine: the answers over coarse images, upsampled, are the starts."""
+    assert opts.coarse is not None
+    fine = dataclasses.replace(opts, coarse=None)
+    sub, up = coarse_problem(problem, opts.coarse, fine)
+    rough = _invert(sub)
+    with torch.no_grad():
+        opts = dataclasses.replace(opts, x0=up(rough.x))
+    coarse_info = {
+        "shape": sub.input_shape,
+        "converged": int(rough.ok.sum()) if rough.ok is not None else problem.n,
+        "seconds": rough.info["seconds"],
+    }
+    return opts, coarse_info
+
+
+def _working_copies(
+    problem: Problem, wdtype: torch.dtype, cons: _Constraint, coords: _Coords
+) -> tuple[_Constraint, _Coords]:
+    """The constraint and the prior's coordinates in the working dtype ``wdtype``."""
+    if wdtype == problem.dtype:
+        return cons, coords
+    device = problem.device
+    fn_w = _ModelFunctions(problem.model, problem.chain, wdtype, device)
+    cons_w = _Constraint.build(problem.target, fn_w, wdtype, device)
+    coords_w = _Coords.build(problem.prior, problem.input_shape, wdtype, device)
+    return cons_w, coords_w
+
+
+def _start_rows(
+    comp_ids: Tensor | None, N: int, restarts: int, n_comp: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Sample of each candidate row, which rows start at random, and their components."""
+    n_starts = restarts * n_comp
+    # sample i, candidate j sits at row j * N + i
+    rows = torch.arange(N, device=device).repeat(n_starts)
+    random = torch.arange(N * n_starts, device=device) >= N * n_comp  # restarts 2, 3, ...
+    comp = comp_ids.T.reshape(-1) if comp_ids is not None else None
+    if comp is not None:
+        # rows of one component side by side: each component whitens one slice
+        order = torch.argsort(comp, stable=True)
+        rows, comp, random = rows[order], comp[order], random[order]
+    return rows, random, comp
+
+
+def _info(
+    track: _Track,
+    best: Tensor,
+    energy: Tensor,
+    comp: Tensor | None,
+    coarse_info: dict | None,
+    t_start: float,
+) -> dict[str, Any]:
+    """The solution's ``info`` for the chosen candidate rows ``best``."""
+    info: dict[str, Any] = {
         "outer_iterations": int(track.outer.max()),
         "evaluations": track.evaluations,
         "projection_iterations": track.projection,
@@ -365,8 +401,7 @@ def _invert(problem: Problem) -> Solution:
         info["components"] = comp[best]
     if coarse_info is not None:
         info["coarse"] = coarse_info
-    iterations = int(track.iterations[best].max())
-    return Solution(xs, iterations, ok[best], [reasons[i] for i in best.tolist()], info)
+    return info
 
 
 # --- options --------------------------------------------------------------------------------

@@ -100,7 +100,8 @@ def posterior(
     from tqdm.auto import tqdm
 
     per = max(1, 256 // n)  # targets per call: a bar that moves, batches that still pay
-    xs, residuals, convs, raws, reasons = [], [], [], [], []
+    xs, residuals, convs, raws = [], [], [], []
+    reasons: list[str | None] = []
     tol_used = None
     with tqdm(total=N, unit="target", desc="nninv posterior", disable=not progress) as bar:
         for i in range(0, N, per):

@@ -262,7 +262,8 @@ def gauss_newton(
     with torch.no_grad():
         r = cons.residual(cons.F(x), rows)
     if cons.kind == "exact":
-        goal = 4 * eps * cons.scale[rows] * 16  # type: ignore[index]
+        assert cons.scale is not None  # an exact constraint keeps its target's scale
+        goal = 4 * eps * cons.scale[rows] * 16
     else:
         goal = torch.zeros(T, dtype=x.dtype, device=dev)
         r = r.clamp(min=-math.inf)

@@ -333,10 +333,11 @@ def analyse(
 
 
 def resolve_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    declared = getattr(model, "input_shape", None)
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
-    elif getattr(model, "input_shape", None) is not None:
-        shape = tuple(int(s) for s in model.input_shape)  # type: ignore[union-attr]
+    elif declared is not None:
+        shape = tuple(int(s) for s in declared)
     else:
         first = next((m for _, m in _leaves(model) if not isinstance(m, _RESHAPE_TYPES)), None)
         if isinstance(first, nn.Linear):
@@ -489,7 +490,8 @@ def _build(model: nn.Module, shape: tuple[int, ...], max_dense: int) -> Chain:
             out = tuple(h.shape[1:])
             kind, act, reason = _classify(mod)
             if kind == "shift":
-                dim = mod.dim  # type: ignore[union-attr]
+                assert isinstance(mod, nn.Softmax | nn.LogSoftmax)  # as _classify found
+                dim = mod.dim
                 if len(cur) != 1 or dim not in (1, -1):
                     kind, reason = (
                         "unsupported",

@@ -143,7 +143,7 @@ def _shape(s: tuple[int, ...]) -> str:
 
 
 def _layer_diag(layer: LayerInfo, energy: float | None) -> LayerDiagnosis:
-    base = dict(
+    base: dict[str, Any] = dict(
         index=layer.index,
         name=layer.name,
         type=layer.type_name,

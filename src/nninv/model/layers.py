@@ -9,12 +9,28 @@ are linear, exactly invertible, and need no densifying.
 
 from __future__ import annotations
 
-__all__ = ["Exp", "Permute", "Reshape"]
+__all__ = ["Exp", "Permute", "Reshape", "set_input_shape"]
 
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+
+def set_input_shape(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """Record ``shape`` as the plain attribute ``model.input_shape`` the loaders leave.
+
+    ``setattr`` because the stubs of ``nn.Module.__setattr__`` admit only tensors
+    and modules as values; at run time it stores any value.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model built by a loader.
+    shape : tuple of int
+        Its input shape without the batch dimension.
+    """
+    setattr(model, "input_shape", shape)  # noqa: B010
 
 
 class Permute(nn.Module):

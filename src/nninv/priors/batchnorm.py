@@ -205,7 +205,8 @@ class BatchNormPrior(Prior):
         todo = set(map(id, bns))
 
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            seen.append((mod, args[0]))  # type: ignore[arg-type]
+            assert isinstance(mod, _BatchNorm)  # hooked on BatchNorm layers only
+            seen.append((mod, args[0]))
             todo.discard(id(mod))
             if not todo:
                 raise _Stop
@@ -237,8 +238,10 @@ class BatchNormPrior(Prior):
 
     def _term(self, bn: _BatchNorm, h: Tensor) -> Tensor:
         N, C = h.shape[0], h.shape[1]
-        mu0 = bn.running_mean.to(h.dtype)  # type: ignore[union-attr]
-        var0 = bn.running_var.to(h.dtype)  # type: ignore[union-attr]
+        # only layers with running statistics are kept (see _model_for)
+        assert bn.running_mean is not None and bn.running_var is not None
+        mu0 = bn.running_mean.to(h.dtype)
+        var0 = bn.running_var.to(h.dtype)
         batch = self.statistics == "batch"
         if h.ndim == 2 and not batch:
             z = (h - mu0) / (var0 + bn.eps).sqrt()

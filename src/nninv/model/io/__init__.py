@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ...errors import NNInvError
+from ..layers import set_input_shape
 
 #: The kinds of file :func:`load_model` reads, as named in its error messages.
 SUPPORTED_KINDS: tuple[str, ...] = (
@@ -376,7 +377,7 @@ class _Builder:
     def finish(self) -> nn.Sequential:
         """The eval-mode float32 ``nn.Sequential`` with its ``input_shape`` attribute."""
         model = nn.Sequential(OrderedDict(self.modules)).float().eval()
-        model.input_shape = self.input_shape  # type: ignore[assignment]
+        set_input_shape(model, self.input_shape)
         return model
 
 

@@ -492,9 +492,10 @@ def _batchnorm_node(n: _Node) -> None:
         raise n.error(f"input of shape (N, {shape}) is not supported")
     arrays = [n.const(i, what) for i, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))]
     c = shape[0]
-    if any(a is None or a.shape != (c,) for a in arrays):
+    found = [a for a in arrays if a is not None and a.shape == (c,)]
+    if len(found) != len(arrays):
         raise n.error(f"scale, B, mean and var must have shape ({c},)")
-    scale, b, mean, var = (_t(a) for a in arrays)  # type: ignore[arg-type]
+    scale, b, mean, var = (_t(a) for a in found)
     eps = float(n.attrs.get("epsilon", 1e-5))
     bn = _batch_norm(scale, b, mean, var, eps, len(shape) == 3)
     n.add(bn)

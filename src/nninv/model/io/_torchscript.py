@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ...checks import model_dtype_device
+from ..layers import set_input_shape
 from . import _corrupt
 
 #: Largest ``|rebuilt(x) - scripted(x)|`` (absolute, and relative to ``|scripted(x)|``)
@@ -82,7 +83,7 @@ def load_torchscript(path: Path, input_shape: Sequence[int] | None = None) -> nn
     eager = _rebuild(model, shape)
     if eager is not None:
         if shape is not None:
-            eager.input_shape = shape  # type: ignore[assignment]
+            set_input_shape(eager, shape)
         return eager
     if shape is not None:
         try:
@@ -113,7 +114,8 @@ def _type_name(module: nn.Module) -> str | None:
     if not isinstance(name, str):
         return None
     try:
-        qualified = module._c._type().qualified_name()  # type: ignore[union-attr]
+        script: Any = module  # a TorchScript module: its attributes are C++ bindings
+        qualified = script._c._type().qualified_name()
     except (AttributeError, RuntimeError):
         return name  # no type to cross-check; the output check still guards
     qualified = _MANGLE.sub("", str(qualified))
@@ -214,7 +216,8 @@ class _Args:
     def _call(self, op: str) -> Any:
         """The graph's only ``aten`` node, which must be ``op`` (or ``op_``) on the input."""
         try:
-            graph = self.module.graph  # type: ignore[union-attr]
+            script: Any = self.module  # its graph is a C++ binding
+            graph = script.graph
         except (AttributeError, RuntimeError):
             raise _NoRebuild from None
         calls = [n for n in graph.nodes() if n.kind().startswith("aten::")]

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ...errors import NNInvError
-from ..layers import Exp
+from ..layers import Exp, set_input_shape
 
 #: Types a ``.skops`` file may hold beyond skops' default trust list (which covers
 #: numpy and scikit-learn estimators): the MLP's optimiser state.
@@ -152,7 +152,7 @@ def from_sklearn(estimator: Any, dtype: torch.dtype | None = None) -> nn.Sequent
     elif head != "identity":
         raise NNInvError(f"the {name}'s output activation {head!r} has no conversion")
     model = nn.Sequential(mods).eval()
-    model.input_shape = (n_in,)  # type: ignore[assignment]
+    set_input_shape(model, (n_in,))
     return model
 
 
