@@ -336,3 +336,14 @@ def test_no_import_cycles():
 
 def test_the_cycle_check_catches_one():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("module", [m for m, _ in _modules() if m != "nninv.__main__"])
+def test_all_lists_no_private_names(module):
+    """``__all__`` is what a module offers; a private helper is imported by name
+    by its siblings, never advertised."""
+    mod = importlib.import_module(module)
+    private = [
+        n for n in getattr(mod, "__all__", []) if n.startswith("_") and not n.startswith("__")
+    ]
+    assert not private, f"{module}.__all__ lists private names {private}"

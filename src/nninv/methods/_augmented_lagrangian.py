@@ -13,7 +13,7 @@ per-sample counts over the first solve and the retries, and
 
 from __future__ import annotations
 
-__all__ = ["_AugmentedLagrangian", "_Track", "_lbfgs", "_progress_bar"]  # private: for optimize.py
+__all__ = []
 
 import math
 from collections.abc import Callable

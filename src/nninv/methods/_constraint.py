@@ -18,20 +18,7 @@ objects.
 
 from __future__ import annotations
 
-__all__ = [  # private: what optimize.py, _augmented_lagrangian.py and projection.py use
-    "CLASS_MARGIN",
-    "_Constraint",
-    "_Coords",
-    "_HalfSquaredNorm",
-    "_ModelFunctions",
-    "_choose_components",
-    "_clip",
-    "_initial_u",
-    "_jacobian",
-    "_out_dim",
-    "_random_u",
-    "_split_last",
-]
+__all__ = ["CLASS_MARGIN"]
 
 import copy
 import math

@@ -10,16 +10,7 @@ per-dtype caches, and checking weights.
 
 from __future__ import annotations
 
-__all__ = [
-    "CombinedPrior",
-    "LinearPosterior",
-    "Prior",
-    "_LOG_2PI",
-    "_Cached",
-    "_as_data",
-    "_check_n",
-    "_check_weight",
-]
+__all__ = ["CombinedPrior", "LinearPosterior", "Prior"]
 
 import math
 from abc import ABC, abstractmethod

@@ -9,7 +9,7 @@ constant border pixels) still give a positive-definite matrix; both
 
 from __future__ import annotations
 
-__all__ = ["_ledoit_wolf_shrinkage", "_shrunk_covariance"]
+__all__ = []
 
 from torch import Tensor
 
