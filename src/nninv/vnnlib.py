@@ -37,6 +37,8 @@ MAX_TERMS = 100_000
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
 _VAR = re.compile(r"^([XY])_(\d+)$")
 _NUM = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+#: A parsed s-expression with its line: a token, or a list of nodes.
+_Node = tuple["str | list[_Node]", int]
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,11 @@ class _Reader:
     def fail(self, line: int, what: str) -> NNInvError:
         return NNInvError(f"{self.path}:{line}: {what}")
 
-    def sexpr(self):  # type: ignore[no-untyped-def]
+    def sexpr(self) -> _Node:
         tok, ln = self.tokens[self.pos]
         self.pos += 1
         if tok == "(":
-            items = []
+            items: list[_Node] = []
             while True:
                 if self.pos >= len(self.tokens):
                     raise self.fail(ln, "unbalanced '(' (the file ends inside it)")
@@ -174,7 +176,7 @@ class _Reader:
         self.declared[kind] = max(self.declared[kind], i)
 
     # formulas -> list of conjunctions (DNF), each a list of atoms
-    def formula(self, node) -> list[list[_Atom]]:  # type: ignore[no-untyped-def]
+    def formula(self, node: _Node) -> list[list[_Atom]]:
         items, ln = node
         if not isinstance(items, list) or not items or not isinstance(items[0][0], str):
             raise self.fail(ln, f"expected a formula, got {_show(items)}")
@@ -229,7 +231,7 @@ class _Reader:
             )
         return _Atom(kind, coef, const, ln)
 
-    def term(self, node) -> tuple[dict, float]:  # type: ignore[no-untyped-def]
+    def term(self, node: _Node) -> tuple[dict, float]:
         items, ln = node
         if isinstance(items, str):
             m = _VAR.match(items)
@@ -278,7 +280,7 @@ def _product(a: list, b: list, reader: _Reader, ln: int) -> list:
     return [x + y for x in a for y in b]
 
 
-def _show(items) -> str:  # type: ignore[no-untyped-def]
+def _show(items: str | list[_Node]) -> str:
     if isinstance(items, str):
         return items
     return "(" + " ".join(_show(i[0]) for i in items) + ")"

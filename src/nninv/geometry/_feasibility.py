@@ -23,14 +23,20 @@ from __future__ import annotations
 
 __all__ = ["search", "tighten"]
 
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
 from torch import Tensor
 
 from ._crown import Layers
 
+if TYPE_CHECKING:
+    from highspy import Highs
 
-def _silent(highspy):  # type: ignore[no-untyped-def]
+
+def _silent(highspy: ModuleType) -> Highs:
     # the first Highs() of a process prints a banner on file descriptor 1
     import os
     import sys
@@ -54,7 +60,13 @@ def _silent(highspy):  # type: ignore[no-untyped-def]
     return h
 
 
-def _encode(net: Layers, bounds: list[tuple[Tensor, Tensor]], lo: np.ndarray, hi: np.ndarray):  # type: ignore[no-untyped-def]
+#: What :func:`_encode` returns (see there).
+_Encoding = tuple[list, list, list, list, list, list, list, list, int, int, np.ndarray, int]
+
+
+def _encode(
+    net: Layers, bounds: list[tuple[Tensor, Tensor]], lo: np.ndarray, hi: np.ndarray
+) -> _Encoding:
     """Columns ``[x, h_0, ..., h_{L-1}, deltas]`` and the rows of the network.
 
     Returns the coo parts (rows, cols, vals), the row bounds, the column bounds,
@@ -68,7 +80,17 @@ def _encode(net: Layers, bounds: list[tuple[Tensor, Tensor]], lo: np.ndarray, hi
     rhi: list = []
     nrow = 0
 
-    def add(idx, W, prv, hc, scale, dcols, dcoef, lo_r, hi_r):  # type: ignore[no-untyped-def]
+    def add(
+        idx: np.ndarray,
+        W: np.ndarray,
+        prv: np.ndarray,
+        hc: np.ndarray,
+        scale: float,
+        dcols: np.ndarray | None,
+        dcoef: np.ndarray | None,
+        lo_r: np.ndarray,
+        hi_r: np.ndarray,
+    ) -> None:
         # rows  h[idx] - scale * W[idx] @ h_prev (+ dcoef * delta)  in [lo_r, hi_r]
         nonlocal nrow
         r_of = nrow + np.arange(idx.size)
@@ -205,6 +227,11 @@ def search(
         lp.integrality_ = [kinds[int(v)] for v in integer]
     h.passModel(lp)
     h.run()
+    return _answer(highspy, h, lo_n.size, t_col, n_delta)
+
+
+def _answer(highspy: ModuleType, h: Highs, n_x: int, t_col: int, n_delta: int) -> dict:
+    """The dict :func:`search` returns, read from the solved model."""
     st = h.getModelStatus()
     info = h.getInfo()
     S = highspy.HighsModelStatus
@@ -212,7 +239,7 @@ def search(
     t = None
     if info.primal_solution_status == 2:
         v = np.asarray(h.getSolution().col_value)
-        x, t = v[: lo_n.size].copy(), float(v[t_col])
+        x, t = v[:n_x].copy(), float(v[t_col])
     if x is not None:
         status = "found"
     elif st == S.kInfeasible:

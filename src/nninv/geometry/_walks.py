@@ -257,7 +257,17 @@ class Billiard:
         self.wu, self.wl = wu, wl
         self.time = dyn.time
 
-    def run(self, X0, keep, thin, burn, gen, monitor, component, adapt) -> Walk:  # type: ignore[no-untyped-def]
+    def run(
+        self,
+        X0: Tensor,
+        keep: int,
+        thin: int,
+        burn: int,
+        gen: torch.Generator,
+        monitor: Tensor,
+        component: Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]] | None,
+        adapt: Callable[[Tensor], Dynamics | None] | None,
+    ) -> Walk:
         t0 = time.perf_counter()
         poly = self.poly
         X = poly.clean(X0)
@@ -308,13 +318,11 @@ class Billiard:
         }
         return Walk(kept, trace, ess, rhat, steps, burn, thin, time.perf_counter() - t0, info)
 
-    def trajectory(
-        self, X: Tensor, comp: np.ndarray, gen: torch.Generator
-    ) -> tuple[Tensor, int, int]:
-        """One trajectory of every chain; returns the new states (cleaned), the number
-        of reflections, and the number of chains rejected for too many."""
-        n, G, E = self.n, self.G, self.E
-        C = X.shape[0]
+    def _velocities(
+        self, C: int, comp: np.ndarray, gen: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each chain's random initial velocity (tangent to the equalities) and duration."""
+        n, E = self.n, self.E
         K, _, r = self.scale.shape
         xi = torch.randn(C, r, generator=gen, dtype=_F64).numpy()
         T = self.time * (0.5 + torch.rand(C, generator=gen, dtype=_F64).numpy())
@@ -327,6 +335,69 @@ class Billiard:
                 w[sel] = xi[sel] @ self.scale[k].T
         if E.shape[0]:
             w -= (w @ E.T) @ E
+        return w, T
+
+    def _reflect_outward(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        wu: np.ndarray,
+        wl: np.ndarray,
+        coef: np.ndarray,
+        Qk: np.ndarray | None,
+        kc: np.ndarray,
+    ) -> None:
+        """Reflect (in place, in ``b``) the velocities of states on a wall and moving out."""
+        for _ in range(self.m):
+            out = ((a >= wu) & (b > 0)) | ((a <= wl) & (b < 0))
+            rows, j = out.nonzero()
+            if not rows.size:
+                break
+            first = np.unique(rows, return_index=True)[1]
+            rows, j = rows[first], j[first]
+            Qr = Qk[j] if Qk is not None else self.Q[kc[rows], j]
+            b[rows] -= (coef[rows, j] * b[rows, j])[:, None] * Qr
+
+    def _first_walls(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        wu: np.ndarray,
+        wl: np.ndarray,
+        wu2: np.ndarray,
+        wl2: np.ndarray,
+        bufs: list[np.ndarray],
+        rows: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first wall each active chain reaches: its index, the time, whether upward."""
+        c_ = rows.size
+        if self.harmonic:
+            inv_u, inv_l = _harmonic_rates(a, b, wu, wl, wu2, wl2, [q[:c_] for q in bufs])
+            best = np.fmax(inv_u, inv_l, out=bufs[2][:c_])
+            np.fmax(best, -1.0, out=best)
+            j = best.argmax(1)
+            top = best[rows, j]
+            t = np.where(top > 0, 2.0 * np.arctan(1.0 / top), np.inf)
+            up = inv_u[rows, j] == top
+        else:
+            tu = np.divide(wu - a, b, out=bufs[0][:c_])
+            tt = np.fmax(tu, np.divide(wl - a, b), out=tu)
+            j = tt.argmin(1)
+            t = np.maximum(tt[rows, j], 0.0)
+            up = b[rows, j] > 0
+            if np.isinf(t).any():
+                raise NNInvError(UNBOUNDED)
+        return j, t, up
+
+    def trajectory(
+        self, X: Tensor, comp: np.ndarray, gen: torch.Generator
+    ) -> tuple[Tensor, int, int]:
+        """One trajectory of every chain; returns the new states (cleaned), the number
+        of reflections, and the number of chains rejected for too many."""
+        n, G = self.n, self.G
+        C = X.shape[0]
+        K = self.scale.shape[0]
+        w, T = self._velocities(C, comp, gen)
         x = _np(X)
         a = np.concatenate([x, x @ G.T], 1) if self.p else x.copy()
         b = np.concatenate([w, w @ G.T], 1) if self.p else w
@@ -337,15 +408,7 @@ class Billiard:
         kc = comp
         with np.errstate(all="ignore"):
             # a start on a wall and moving out (a clipped state) reflects first
-            for _ in range(self.m):
-                out = ((a >= wu) & (b > 0)) | ((a <= wl) & (b < 0))
-                rows, j = out.nonzero()
-                if not rows.size:
-                    break
-                first = np.unique(rows, return_index=True)[1]
-                rows, j = rows[first], j[first]
-                Qr = Qk[j] if Qk is not None else self.Q[kc[rows], j]
-                b[rows] -= (coef[rows, j] * b[rows, j])[:, None] * Qr
+            self._reflect_outward(a, b, wu, wl, coef, Qk, kc)
             a_out = a
             wu2, wl2 = wu * wu, wl * wl  # used by the harmonic motion only
             bufs = [np.empty_like(a) for _ in range(5 if self.harmonic else 1)]
@@ -356,22 +419,7 @@ class Billiard:
             while act.size:
                 c_ = act.size
                 rows = np.arange(c_)
-                if self.harmonic:
-                    inv_u, inv_l = _harmonic_rates(a, b, wu, wl, wu2, wl2, [q[:c_] for q in bufs])
-                    best = np.fmax(inv_u, inv_l, out=bufs[2][:c_])
-                    np.fmax(best, -1.0, out=best)
-                    j = best.argmax(1)
-                    top = best[rows, j]
-                    t = np.where(top > 0, 2.0 * np.arctan(1.0 / top), np.inf)
-                    up = inv_u[rows, j] == top
-                else:
-                    tu = np.divide(wu - a, b, out=bufs[0][:c_])
-                    tt = np.fmax(tu, np.divide(wl - a, b), out=tu)
-                    j = tt.argmin(1)
-                    t = np.maximum(tt[rows, j], 0.0)
-                    up = b[rows, j] > 0
-                    if np.isinf(t).any():
-                        raise NNInvError(UNBOUNDED)
+                j, t, up = self._first_walls(a, b, wu, wl, wu2, wl2, bufs, rows)
                 hit = t < rem
                 dt = np.where(hit, t, rem)
                 if self.harmonic:
@@ -415,7 +463,7 @@ class Billiard:
         return self.poly.clean(Xn), total, int(rejected.sum())
 
 
-def _harmonic_rates(  # type: ignore[no-untyped-def]
+def _harmonic_rates(
     a: np.ndarray,
     b: np.ndarray,
     wu: np.ndarray,
@@ -423,7 +471,7 @@ def _harmonic_rates(  # type: ignore[no-untyped-def]
     wu2: np.ndarray | None = None,
     wl2: np.ndarray | None = None,
     bufs: list[np.ndarray] | None = None,
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """``1 / tan(t / 2)`` for the first crossing time ``t`` in ``(0, pi)`` of each wall by
     ``a cos t + b sin t`` (upward through ``wu``, downward through ``wl``).
 
@@ -445,7 +493,15 @@ def _harmonic_rates(  # type: ignore[no-untyped-def]
         )
 
 
-def _rates(a, b, wu, wl, wu2, wl2, bufs):  # type: ignore[no-untyped-def]
+def _rates(
+    a: np.ndarray,
+    b: np.ndarray,
+    wu: np.ndarray,
+    wl: np.ndarray,
+    wu2: np.ndarray,
+    wl2: np.ndarray,
+    bufs: list[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
     r2, sq, num, inv_u, tmp = bufs
     np.multiply(a, a, out=r2)
     r2 += np.multiply(b, b, out=tmp)

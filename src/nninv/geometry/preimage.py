@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from ..checks import positive_int
 from ..errors import NNInvError, NNInvWarning
-from ..model.chain import Chain, analyse, eval_mode
+from ..model.chain import Affine, Chain, analyse, eval_mode
 from ..model.io import as_module
 from ..model.outputs import as_output, check_range, class_shortfall
 from ..priors import GaussianMixturePrior, GaussianPrior, Prior
@@ -56,7 +56,7 @@ from ._manifold import Manifold, manifold_walk
 from ._polytope import Polyhedron, reflect
 from ._results import Extent, Samples
 from ._walks import MixtureMoves, Walk
-from .sets import class_output, core_kind, exact_output, piece, polyhedral
+from .sets import OutCons, class_output, core_kind, exact_output, piece, polyhedral
 
 _F64 = torch.float64
 
@@ -701,34 +701,8 @@ def preimage(
     chain = analyse(model64, chain.input_shape)
     in_shape, n = chain.input_shape, chain.n_in
     lo, hi = as_bounds(bounds, in_shape)
-    x_ar = None
-    if around is not None:
-        x_ar = as_input(around, in_shape, "around")
-        if x_ar.shape[0] != 1:
-            raise NNInvError(f"around must be one input, got {x_ar.shape[0]}")
-        x_ar = x_ar[0]
-
-    if isinstance(target, ClassTarget):
-        if len(target) != 1:
-            raise NNInvError(f"a preimage is one set: give one class, got {len(target)} labels")
-        if target.confidence is not None:
-            raise NNInvError(
-                "a class target with a confidence is not a polytope; give ClassTarget(c) "
-                "without confidence"
-            )
-        target.check_classes(chain.n_out)
-        tgt: Tensor | ClassTarget = target
-        cons = class_output(chain, int(target.labels[0]))
-    else:
-        y = as_output(target, chain.output_shape, _F64, torch.device("cpu"))
-        if y.shape[0] != 1:
-            raise NNInvError(
-                f"a preimage is the set for one output; got {y.shape[0]} targets (call "
-                "preimage once per output)"
-            )
-        yf, _ = check_range(y.reshape(1, -1), chain)
-        tgt = yf
-        cons = exact_output(chain, yf[0])
+    x_ar = _around(around, in_shape)
+    tgt, cons = _output_constraints(target, chain)
     core = cons.core
     form = core_kind(core)
     mdtype, mdevice = model_kind(model)
@@ -743,7 +717,9 @@ def preimage(
     }
 
     if form == "linear":
-        A, b = core[0].matrix(_F64)
+        step = core[0]
+        assert isinstance(step, Affine)  # core_kind says "linear" for one affine step only
+        A, b = step.matrix(_F64)
         kind = "class" if isinstance(tgt, ClassTarget) else "affine"
         sets = polyhedral(kind, cons, A, b, None, None, lo, hi, in_shape)
         return Preimage(kind=kind, **sets.keywords(), **common)
@@ -787,3 +763,36 @@ def preimage(
             "try another around="
         )
     return Preimage(kind="manifold", manifold=mf, member=member, info={}, **common)
+
+
+def _around(around: Any, in_shape: tuple[int, ...]) -> Tensor | None:
+    """``around`` as one flat input of the model's shape, or None."""
+    if around is None:
+        return None
+    x_ar = as_input(around, in_shape, "around")
+    if x_ar.shape[0] != 1:
+        raise NNInvError(f"around must be one input, got {x_ar.shape[0]}")
+    return x_ar[0]
+
+
+def _output_constraints(target: Any, chain: Chain) -> tuple[Tensor | ClassTarget, OutCons]:
+    """The checked target (one output, or one class) and its constraints on the chain."""
+    if isinstance(target, ClassTarget):
+        if len(target) != 1:
+            raise NNInvError(f"a preimage is one set: give one class, got {len(target)} labels")
+        if target.confidence is not None:
+            raise NNInvError(
+                "a class target with a confidence is not a polytope; give ClassTarget(c) "
+                "without confidence"
+            )
+        target.check_classes(chain.n_out)
+        return target, class_output(chain, int(target.labels[0]))
+    else:
+        y = as_output(target, chain.output_shape, _F64, torch.device("cpu"))
+        if y.shape[0] != 1:
+            raise NNInvError(
+                f"a preimage is the set for one output; got {y.shape[0]} targets (call "
+                "preimage once per output)"
+            )
+        yf, _ = check_range(y.reshape(1, -1), chain)
+        return yf, exact_output(chain, yf[0])

@@ -28,6 +28,7 @@ __all__ = ["Certificate", "Verification", "verify"]
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 from ..errors import NNInvError
 from ..model.chain import Affine, analyse, eval_mode
 from ..targets import OutputSet
-from ..vnnlib import Property, read
+from ..vnnlib import Case, Property, read
 from ._crown import Layers, alpha_crown, crown, layer_bounds
 from ._feasibility import search, tighten
 from ._inputs import model_kind, pl_slope
@@ -154,7 +155,9 @@ class _Confirm:
             y_ort = np.asarray(self.sess.run(None, {inp.name: feed})[0], np.float64).reshape(1, -1)
         return y, y_ort
 
-    def check(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: OutputSet):  # type: ignore[no-untyped-def]
+    def check(
+        self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: OutputSet
+    ) -> tuple[np.ndarray, Tensor, bool] | None:
         """``(x_rounded, y, ort_ok)`` when confirmed, else None."""
         xr = self.rounded(x, lo, hi)
         if xr is None:
@@ -201,10 +204,10 @@ def _slack(C: Tensor, d: Tensor, bounds: list, net: Layers) -> Tensor:
 
 
 def _attack(
-    f,  # type: ignore[no-untyped-def]
+    f: Callable[[Tensor], Tensor],
     lo: Tensor,
     hi: Tensor,
-    parts: list,
+    parts: list[tuple[Tensor, Tensor]],
     steps: int,
     restarts: int,
     gen: torch.Generator,
@@ -337,31 +340,105 @@ def verify(
         def f(x: Tensor) -> Tensor:
             return m64(x.reshape(-1, *chain.input_shape)).reshape(x.shape[0], -1)
 
-    certs: list[Certificate] = []
-    info: dict[str, Any] = {"nodes": 0}
-    used = set()
+    run = _Run(t0, deadline, chain.input_shape, net, confirm, f, gen)
+    if progress:
+        from tqdm.auto import tqdm
 
-    def answer(status: Status, method: str, hit=None) -> Verification:  # type: ignore[no-untyped-def]
-        x = y = None
-        case = part = None
+        total = sum(len(c.output.parts) for c in prop.cases)
+        run.bar = tqdm(total=total, desc="verify", unit="part", leave=False)
+    try:
+        for ci, case in enumerate(prop.cases):
+            found = run.case(ci, case)
+            if found is not None:
+                return found
+            if run.timed_out:
+                break
+    finally:
+        if run.bar is not None:
+            run.bar.close()
+    return run.final()
+
+
+#: A confirmed counterexample: ``(x_rounded, y, ort_ok, case, part)``.
+_Hit = tuple[np.ndarray, Tensor, bool, int, int]
+_Pairs = list[tuple[Tensor, Tensor]]
+
+
+class _Run:
+    """The state of one :func:`verify` call: certificates, counters, the deadline."""
+
+    def __init__(
+        self,
+        t0: float,
+        deadline: float,
+        in_shape: tuple[int, ...],
+        net: Layers | None,
+        confirm: _Confirm,
+        f: Callable[[Tensor], Tensor],
+        gen: torch.Generator,
+    ) -> None:
+        self.t0, self.deadline, self.in_shape = t0, deadline, in_shape
+        self.net, self.confirm, self.f, self.gen = net, confirm, f, gen
+        self.certs: list[Certificate] = []
+        self.info: dict[str, Any] = {"nodes": 0}
+        self.used: set[str] = set()
+        self.bar: Any = None
+        self.timed_out = False
+        self.unknown_note: str | None = None
+
+    def answer(self, status: Status, method: str, hit: _Hit | None = None) -> Verification:
+        x: Tensor | None = None
+        y: Tensor | None = None
+        case: int | None = None
+        part: int | None = None
         if hit is not None:
             xr, y, ort_ok, case, part = hit
-            x = torch.from_numpy(xr).reshape(1, *chain.input_shape).to(confirm.dtype)
-            info["onnxruntime"] = ort_ok
-        return Verification(
-            status, x, y, case, part, tuple(certs), method, time.perf_counter() - t0, info
-        )
+            x = torch.from_numpy(xr).reshape(1, *self.in_shape).to(self.confirm.dtype)
+            self.info["onnxruntime"] = ort_ok
+        seconds = time.perf_counter() - self.t0
+        return Verification(status, x, y, case, part, tuple(self.certs), method, seconds, self.info)
 
-    def try_candidates(cands, ci: int, lo: np.ndarray, hi: np.ndarray, out: OutputSet):  # type: ignore[no-untyped-def]
+    def final(self) -> Verification:
+        """The answer once every case ran without a counterexample."""
+        method = "+".join(m for m in ("bounds", "milp") if m in self.used) or "none"
+        if self.net is None:
+            self.info["note"] = "the model is not piecewise linear: only the attack ran"
+            return self.answer("unknown", "attack")
+        if self.timed_out:
+            return self.answer("timeout", method)
+        if self.unknown_note is not None:
+            self.info["note"] = self.unknown_note
+            return self.answer("unknown", method)
+        return self.answer("unsat", method)
+
+    def try_candidates(
+        self,
+        cands: list[tuple[float, np.ndarray, int]],
+        ci: int,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        out: OutputSet,
+    ) -> _Hit | None:
         for _, xv, _ in cands[:8]:
-            got = confirm.check(xv, lo, hi, out)
+            got = self.confirm.check(xv, lo, hi, out)
             if got is not None:
                 y = got[1].to(_F64)
                 part = next(i for i, q in enumerate(out.parts) if bool(q.contains(y)[0]))
                 return (*got, ci, part)
         return None
 
-    def prove(ci, parts, which, bounds, lo, hi, steps, corners):  # type: ignore[no-untyped-def]
+    def prove(
+        self,
+        net: Layers,
+        ci: int,
+        parts: _Pairs,
+        which: Iterable[int],
+        bounds: _Pairs,
+        lo: Tensor,
+        hi: Tensor,
+        steps: int,
+        corners: dict[int, Tensor],
+    ) -> list[int]:
         """Certify the polyhedra ``which`` by bounds; return those left open."""
         left = []
         for pi in which:
@@ -381,130 +458,125 @@ def verify(
             ok = lb > slack
             if bool(ok.any()):
                 v = float(lb[ok].max())
-                certs.append(Certificate(ci, pi, method, v, 0, 0, time.perf_counter() - tb))
-                used.add("bounds")
-                if bar is not None:
-                    bar.update(1)
+                self.certs.append(Certificate(ci, pi, method, v, 0, 0, time.perf_counter() - tb))
+                self.used.add("bounds")
+                if self.bar is not None:
+                    self.bar.update(1)
             else:
                 left.append(pi)
         return left
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        total = sum(len(c.output.parts) for c in prop.cases)
-        bar = tqdm(total=total, desc="verify", unit="part", leave=False)
-    timed_out = False
-    unknown_note = None
-    try:
-        for ci, case in enumerate(prop.cases):
-            lo, hi = case.lo, case.hi
-            lo_n, hi_n = lo.numpy(), hi.numpy()
-            parts = [(q.A, q.b) for q in case.output.parts]
-            # 1. a quick attack
-            cands = _attack(f, lo, hi, parts, steps=30, restarts=4, gen=gen)
-            hit = try_candidates(cands, ci, lo_n, hi_n, case.output)
+    def case(self, ci: int, case: Case) -> Verification | None:
+        """Attack, bound and (for what is left) search one case; a ``sat`` answer or None."""
+        lo, hi = case.lo, case.hi
+        lo_n, hi_n = lo.numpy(), hi.numpy()
+        parts = [(q.A, q.b) for q in case.output.parts]
+        # 1. a quick attack
+        cands = _attack(self.f, lo, hi, parts, steps=30, restarts=4, gen=self.gen)
+        hit = self.try_candidates(cands, ci, lo_n, hi_n, case.output)
+        if hit is not None:
+            self.used.add("attack")
+            return self.answer("sat", "attack", hit)
+        if self.net is None:
+            return None
+        net = self.net
+        # 2. bounds: CROWN first, alpha-CROWN (on the layers too) only for what is left
+        corners: dict[int, Tensor] = {}
+        bounds = layer_bounds(net, lo, hi)
+        if ci == 0:
+            self.info["unstable"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds]
+        open_parts = self.prove(net, ci, parts, range(len(parts)), bounds, lo, hi, 0, corners)
+        if open_parts and time.perf_counter() < self.deadline:
+            # 1b. a longer attack on what bounds left open, from their worst corners
+            sub = [parts[p] for p in open_parts]
+            starts = [corners.get(p, (lo + hi) / 2) for p in open_parts]
+            cands = _attack(self.f, lo, hi, sub, steps=100, restarts=4, gen=self.gen, starts=starts)
+            cands = [(v, x, open_parts[p]) for v, x, p in cands]
+            hit = self.try_candidates(cands, ci, lo_n, hi_n, case.output)
             if hit is not None:
-                used.add("attack")
-                return answer("sat", "attack", hit)
-            if net is None:
-                continue
-            # 2. bounds: CROWN first, alpha-CROWN (on the layers too) only for what is left
-            corners: dict[int, Tensor] = {}
-            bounds = layer_bounds(net, lo, hi)
+                return self.answer("sat", "attack", hit)
+        if open_parts and time.perf_counter() < self.deadline:
+            bounds = layer_bounds(net, lo, hi, alpha_steps=ALPHA_STEPS, start=bounds)
             if ci == 0:
-                info["unstable"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds]
-            open_parts = prove(ci, parts, range(len(parts)), bounds, lo, hi, 0, corners)
-            if open_parts and time.perf_counter() < deadline:
-                # 1b. a longer attack on what bounds left open, from their worst corners
-                sub = [parts[p] for p in open_parts]
-                starts = [corners.get(p, (lo + hi) / 2) for p in open_parts]
-                cands = _attack(f, lo, hi, sub, steps=100, restarts=4, gen=gen, starts=starts)
-                cands = [(v, x, open_parts[p]) for v, x, p in cands]
-                hit = try_candidates(cands, ci, lo_n, hi_n, case.output)
+                self.info["unstable_alpha"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds]
+            open_parts = self.prove(
+                net, ci, parts, open_parts, bounds, lo, hi, ALPHA_STEPS, corners
+            )
+        if open_parts and time.perf_counter() < self.deadline:
+            # LP tightening of the later layers: cheap next to the MILPs it shortens
+            budget = 0.2 * (self.deadline - time.perf_counter())
+            bounds, n_lp = tighten(net, bounds, lo, hi, time.perf_counter() + budget)
+            self.info["lps"] = self.info.get("lps", 0) + n_lp
+        if time.perf_counter() > self.deadline:
+            self.timed_out = True
+            return None
+        return self.exact(net, ci, case, parts, open_parts, bounds)
+
+    def exact(
+        self,
+        net: Layers,
+        ci: int,
+        case: Case,
+        parts: _Pairs,
+        open_parts: list[int],
+        bounds: _Pairs,
+    ) -> Verification | None:
+        """3. exact MILP per open polyhedron; a ``sat`` answer or None."""
+        lo, hi = case.lo, case.hi
+        for pi in open_parts:
+            left = self.deadline - time.perf_counter()
+            if left <= 0:
+                self.timed_out = True
+                break
+            A, b = parts[pi]
+            tm = time.perf_counter()
+            # the LP relaxation first: cheap, and its infeasibility is a proof too
+            res = search(net, bounds, lo, hi, A, b, left, relax=True, options=_HIGHS)
+            kind = "lp"
+            if res["status"] != "infeasible":
+                left = self.deadline - time.perf_counter()
+                res = search(net, bounds, lo, hi, A, b, max(left, 1e-3), options=_HIGHS)
+                kind = "milp"
+            self.info["nodes"] += res["nodes"]
+            if res["status"] == "infeasible":
+                seconds = time.perf_counter() - tm
+                self.certs.append(
+                    Certificate(ci, pi, kind, math.nan, res["nodes"], res["binaries"], seconds)
+                )
+                self.used.add("milp")
+                if self.bar is not None:
+                    self.bar.update(1)
+                continue
+            if res["status"] == "found":
+                hit = self.confirm_found(net, ci, case, pi, res, bounds)
                 if hit is not None:
-                    return answer("sat", "attack", hit)
-            if open_parts and time.perf_counter() < deadline:
-                bounds = layer_bounds(net, lo, hi, alpha_steps=ALPHA_STEPS, start=bounds)
-                if ci == 0:
-                    info["unstable_alpha"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds]
-                open_parts = prove(ci, parts, open_parts, bounds, lo, hi, ALPHA_STEPS, corners)
-            if open_parts and time.perf_counter() < deadline:
-                # LP tightening of the later layers: cheap next to the MILPs it shortens
-                budget = 0.2 * (deadline - time.perf_counter())
-                bounds, n_lp = tighten(net, bounds, lo, hi, time.perf_counter() + budget)
-                info["lps"] = info.get("lps", 0) + n_lp
-            if time.perf_counter() > deadline:
-                timed_out = True
+                    self.used.add("milp")
+                    return self.answer("sat", "milp", hit)
+                continue
+            self.timed_out = time.perf_counter() >= self.deadline - 1e-3
+            self.unknown_note = f"case {ci}, part {pi}: HiGHS ended with {res['message']}"
+            if self.timed_out:
                 break
-            # 3. exact MILP per open polyhedron
-            for pi in open_parts:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    timed_out = True
-                    break
-                A, b = parts[pi]
-                tm = time.perf_counter()
-                # the LP relaxation first: cheap, and its infeasibility is a proof too
-                res = search(net, bounds, lo, hi, A, b, left, relax=True, options=_HIGHS)
-                kind = "lp"
-                if res["status"] != "infeasible":
-                    left = deadline - time.perf_counter()
-                    res = search(net, bounds, lo, hi, A, b, max(left, 1e-3), options=_HIGHS)
-                    kind = "milp"
-                info["nodes"] += res["nodes"]
-                if res["status"] == "infeasible":
-                    certs.append(
-                        Certificate(
-                            ci,
-                            pi,
-                            kind,
-                            math.nan,
-                            res["nodes"],
-                            res["binaries"],
-                            time.perf_counter() - tm,
-                        )
-                    )
-                    used.add("milp")
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                if res["status"] == "found":
-                    hit = try_candidates([(0.0, res["x"], pi)], ci, lo_n, hi_n, case.output)
-                    if hit is None:
-                        # the first solution may sit on the boundary: ask for the deepest one
-                        left = deadline - time.perf_counter()
-                        res = search(
-                            net, bounds, lo, hi, A, b, max(left, 1e-3), first=False, options=_HIGHS
-                        )
-                        info["nodes"] += res["nodes"]
-                        if res["x"] is not None:
-                            hit = try_candidates([(0.0, res["x"], pi)], ci, lo_n, hi_n, case.output)
-                    if hit is not None:
-                        used.add("milp")
-                        return answer("sat", "milp", hit)
-                    unknown_note = (
-                        f"case {ci}, part {pi}: the MILP's input (max(Ay-b) = {res['t']}) is "
-                        "not confirmed by the model in its own dtype"
-                    )
-                    continue
-                timed_out = time.perf_counter() >= deadline - 1e-3
-                unknown_note = f"case {ci}, part {pi}: HiGHS ended with {res['message']}"
-                if timed_out:
-                    break
-            if timed_out:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    method = "+".join(m for m in ("bounds", "milp") if m in used) or "none"
-    if net is None:
-        info["note"] = "the model is not piecewise linear: only the attack ran"
-        return answer("unknown", "attack")
-    if timed_out:
-        return answer("timeout", method)
-    if unknown_note is not None:
-        info["note"] = unknown_note
-        return answer("unknown", method)
-    return answer("unsat", method)
+        return None
+
+    def confirm_found(
+        self, net: Layers, ci: int, case: Case, pi: int, res: dict, bounds: _Pairs
+    ) -> _Hit | None:
+        """The MILP's point confirmed by the model (or its deepest point); None notes why not."""
+        lo, hi = case.lo, case.hi
+        lo_n, hi_n = lo.numpy(), hi.numpy()
+        A, b = case.output.parts[pi].A, case.output.parts[pi].b
+        hit = self.try_candidates([(0.0, res["x"], pi)], ci, lo_n, hi_n, case.output)
+        if hit is None:
+            # the first solution may sit on the boundary: ask for the deepest one
+            left = self.deadline - time.perf_counter()
+            res = search(net, bounds, lo, hi, A, b, max(left, 1e-3), first=False, options=_HIGHS)
+            self.info["nodes"] += res["nodes"]
+            if res["x"] is not None:
+                hit = self.try_candidates([(0.0, res["x"], pi)], ci, lo_n, hi_n, case.output)
+        if hit is None:
+            self.unknown_note = (
+                f"case {ci}, part {pi}: the MILP's input (max(Ay-b) = {res['t']}) is "
+                "not confirmed by the model in its own dtype"
+            )
+        return hit

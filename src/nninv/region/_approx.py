@@ -175,24 +175,54 @@ def approximate(
             heapq.heappush(heap, (score, next(tie), leaf))
             status = "stalled"
             break
-        best = None
-        for k in np.argsort(-(leaf.hi - leaf.lo)):
-            mid = (leaf.lo[k] + leaf.hi[k]) / 2
-            hi1, lo2 = leaf.hi.copy(), leaf.lo.copy()
-            hi1[k], lo2[k] = mid, mid
-            left = leaf.idx[U[leaf.idx, k] <= mid]
-            right = leaf.idx[U[leaf.idx, k] > mid]
-            one = _leaf(net, parts, leaf.lo, hi1, left, U, R, outer, exact_vol)
-            two = _leaf(net, parts, lo2, leaf.hi, right, U, R, outer, exact_vol)
-            s0, s1, s2 = _score(leaf, outer), _score(one, outer), _score(two, outer)
-            gain = (s0[0] - s1[0] - s2[0], s0[1] - s1[1] - s2[1])
-            if best is None or gain > best[0]:
-                best = (gain, one, two)
-        assert best is not None
+        best = _best_split(net, parts, leaf, U, R, outer, exact_vol)
         for child in best[1:]:
             heapq.heappush(heap, (_neg(_score(child, outer)), next(tie), child))
         splits += 1
     leaves = [x[2] for x in heap]
+    out = _polytopes(leaves, outer, d, U, rng)
+    stats = {
+        "splits": splits,
+        "boxes": len(leaves),
+        "samples": n_samples,
+        "region_samples": n_region,
+        "status": status,
+        "seconds": time.perf_counter() - t0,
+    }
+    return out, stats
+
+
+def _best_split(
+    net: PLNet,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    leaf: Leaf,
+    U: np.ndarray,
+    R: np.ndarray,
+    outer: bool,
+    exact_vol: bool,
+) -> tuple[tuple[float, float], Leaf, Leaf]:
+    """The halving of ``leaf`` (along each axis, longest first) with the best score gain."""
+    best = None
+    for k in np.argsort(-(leaf.hi - leaf.lo)):
+        mid = (leaf.lo[k] + leaf.hi[k]) / 2
+        hi1, lo2 = leaf.hi.copy(), leaf.lo.copy()
+        hi1[k], lo2[k] = mid, mid
+        left = leaf.idx[U[leaf.idx, k] <= mid]
+        right = leaf.idx[U[leaf.idx, k] > mid]
+        one = _leaf(net, parts, leaf.lo, hi1, left, U, R, outer, exact_vol)
+        two = _leaf(net, parts, lo2, leaf.hi, right, U, R, outer, exact_vol)
+        s0, s1, s2 = _score(leaf, outer), _score(one, outer), _score(two, outer)
+        gain = (s0[0] - s1[0] - s2[0], s0[1] - s1[1] - s2[1])
+        if best is None or gain > best[0]:
+            best = (gain, one, two)
+    assert best is not None
+    return best
+
+
+def _polytopes(
+    leaves: list[Leaf], outer: bool, d: int, U: np.ndarray, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray, float]]:
+    """Each leaf's polytopes cut to its box: ``(A, b, part, V, volume)``."""
     out = []
     for leaf in leaves:
         if not outer and leaf.hit == 0 and leaf.vol <= 0:
@@ -210,12 +240,4 @@ def approximate(
             if vol != vol:  # NaN: too many dimensions for qhull
                 vol = estimate_volume(A2, b2, V, rng)
             out.append((A2, b2, part, V, vol))
-    stats = {
-        "splits": splits,
-        "boxes": len(leaves),
-        "samples": n_samples,
-        "region_samples": n_region,
-        "status": status,
-        "seconds": time.perf_counter() - t0,
-    }
-    return out, stats
+    return out

@@ -17,11 +17,18 @@ __all__ = ["Piece", "enumerate_region"]
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from ._geom import TOL, estimate_volume, prune, split_point, vertices, volume
 from ._net import PLNet
+
+
+class _Progress(Protocol):
+    """What the enumeration needs of a progress bar (tqdm has it)."""
+
+    def update(self, n: int = 1) -> object: ...
 
 
 @dataclass
@@ -103,7 +110,7 @@ def enumerate_region(
     max_regions: int,
     time_limit: float,
     root: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    progress: object = None,
+    progress: _Progress | None = None,
 ) -> Enumeration:
     """Every polytope of the region ``{u : net(u) in union of parts}`` in the unit cube.
 
@@ -140,7 +147,7 @@ def enumerate_region(
         A, b, V, layer, j, M, m, D = stack.pop()
         out.cells += 1
         if progress is not None:
-            progress.update(1)  # type: ignore[attr-defined]
+            progress.update(1)
         while True:
             if layer == L - 1:
                 _emit(out, net, parts, A, b, V, M, m)

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.spatial import (
     ConvexHull,
     HalfspaceIntersection,
-    QhullError,  # type: ignore[attr-defined]
+    QhullError,
 )
 
 from ._lp import chebyshev

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 __all__ = ["chebyshev", "minimize"]
 
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-_SOLVER: list = []
+if TYPE_CHECKING:
+    from highspy import Highs
+
+_SOLVER: list[tuple[Highs, ModuleType]] = []
 
 
-def _highs():
+def _highs() -> tuple[Highs, ModuleType]:
     """The shared ``Highs``, made with file descriptor 1 silenced: the first one a process
     makes prints a banner from C++ that would land in the middle of printed tables."""
     if not _SOLVER:

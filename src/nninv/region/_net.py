@@ -105,6 +105,7 @@ def _rowwise(model: nn.Module, shape: tuple[int, ...], d: int) -> nn.Module | No
     if not all(isinstance(m, ok) for m in model):
         return None
     row = nn.Sequential(*model)
+    # torch types Module.__setattr__ for tensors and modules only; any value is accepted
     row.input_shape = (d,)  # type: ignore[assignment]
     return row
 

@@ -56,7 +56,9 @@ def _in_parts(Y: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) -> np.n
     return R
 
 
-def _to_polytope(net: PLNet, A: np.ndarray, b: np.ndarray, V: np.ndarray, vol: float, part: int):
+def _to_polytope(
+    net: PLNet, A: np.ndarray, b: np.ndarray, V: np.ndarray, vol: float, part: int
+) -> Polytope:
     Af, bf = facets(A, b, V)
     Ax, bx = net.constraints_to_x(Af, bf)
     norms = np.linalg.norm(Ax, axis=1)
@@ -191,23 +193,13 @@ def region(
     True
     """
     t0 = time.perf_counter()
-    if mode not in MODES:
-        raise NNInvError(f"mode={mode!r} is not one of {', '.join(repr(m) for m in MODES)}")
-    if not 0.0 < float(target) <= 1.0:
-        raise NNInvError(f"target must be in (0, 1], got {target}")
+    _check_mode(mode, target)
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         model = load_model(model)
     module = as_module(model)
     with eval_mode(module):
         net = as_plnet(module, box)
-    out_set = as_output_set(output_set, net.n_out)
-    if out_set.n_outputs != net.n_out:
-        raise NNInvError(
-            f"the output set constrains {out_set.n_outputs} outputs but the model has {net.n_out}"
-        )
-    parts = [
-        (p.A.numpy().astype(np.float64), p.b.numpy().astype(np.float64)) for p in out_set.parts
-    ]
+    parts = _output_parts(output_set, net)
     d = net.d
     rng = np.random.default_rng(seed)
     U = rng.random((n_samples, d))
@@ -216,88 +208,33 @@ def region(
     box_vol = net.box_volume
     counts: dict[str, int] = {}
     info: dict[str, Any] = {}
-
-    def run_exact(limit: float) -> Enumeration:
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(desc="region cells", unit="cell", leave=False)
-        try:
-            return enumerate_region(
-                net, parts, max_regions=max_regions, time_limit=limit, progress=bar
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-
     region_volume: float | None = None
     if mode == "exact":
-        e = run_exact(time_limit)
-        raw = [(p.A, p.b, p.part, p.V, p.volume) for p in e.pieces]
-        status = e.status
-        counts.update(
-            cells=e.cells,
-            linear_regions=e.linear_regions,
-            pruned=e.pruned_out,
-            kept_whole=e.kept_inside,
+        raw, status, region_volume = _exact_mode(
+            net, parts, max_regions, time_limit, progress, counts
         )
-        if status == "complete":
-            region_volume = sum(p[4] for p in raw)
     else:
-        if exact_budget is None:
-            budget = min(5.0, time_limit) if d <= MAX_EXACT_DIM else 0.0
-        else:
-            budget = float(exact_budget)
-        if budget > 0:
-            e = run_exact(budget)
-            info["exact_status"] = e.status
-            if e.status == "complete":
-                region_volume = sum(p.volume for p in e.pieces)
-                counts["linear_regions"] = e.linear_regions
-        raw, stats = approximate(
+        raw, status, region_volume = _approximate_mode(
             net,
             parts,
-            outer=mode == "over",
-            target=float(target),
-            max_polytopes=int(max_polytopes),
+            mode,
+            est,
+            counts,
+            info,
+            target=target,
+            max_polytopes=max_polytopes,
+            max_regions=max_regions,
             time_limit=time_limit,
+            exact_budget=exact_budget,
+            recheck=recheck,
             n_samples=n_samples,
             seed=seed,
-            region_volume=region_volume,
+            progress=progress,
         )
-        status = stats["status"]
-        counts.update(boxes=stats["boxes"], splits=stats["splits"])
-        if mode == "under":
-            raw = _trim(raw, float(target), region_volume if region_volume else est[0])
-            if recheck:
-                how, outside = _recheck(net, parts, raw, budget, seed)
-                info["rechecked"] = how
-                if outside > 1e-12:
-                    raise NNInvError(
-                        f"internal error: an inner polytope leaves the region ({how} check: "
-                        f"{outside:.3g} outside); please report it"
-                    )
-    polys = tuple(_to_polytope(net, *p[:2], p[3], p[4], p[2]) for p in raw)
+    polys = tuple(_to_polytope(net, p[0], p[1], p[3], p[4], p[2]) for p in raw)
     vol_u = sum(p[4] for p in raw)
-    if region_volume is not None and region_volume > 0:
-        cov = vol_u / region_volume if mode != "exact" else 1.0
-        interval = (cov, cov)
-        certified = True
-    elif mode == "exact" and region_volume == 0.0:
-        cov, interval, certified = 1.0, (1.0, 1.0), True
-    else:
-        cov = vol_u / est[0] if est[0] > 0 else math.nan
-        interval = (
-            vol_u / est[2] if est[2] > 0 else math.nan,
-            vol_u / est[1] if est[1] > 0 else math.inf,
-        )
-        certified = False
-    if polys:
-        allv = torch.cat([p.vertices for p in polys])
-        outer_box = torch.stack([allv.min(0).values, allv.max(0).values], dim=1)
-    else:
-        outer_box = torch.empty(d, 2, dtype=torch.float64)
+    cov, interval, certified = _coverage(mode, vol_u, region_volume, est)
+    outer_box = _outer_box(polys, d)
     counts["polytopes"] = len(polys)
     info["volumes"] = "exact (qhull)" if d <= MAX_EXACT_DIM else "estimated (4,000 draws each)"
     return Region(
@@ -331,3 +268,149 @@ def _trim(raw: list, target: float, region_volume: float) -> list:
         else:
             break
     return [raw[i] for i in sorted(keep)]
+
+
+def _check_mode(mode: str, target: float) -> None:
+    if mode not in MODES:
+        raise NNInvError(f"mode={mode!r} is not one of {', '.join(repr(m) for m in MODES)}")
+    if not 0.0 < float(target) <= 1.0:
+        raise NNInvError(f"target must be in (0, 1], got {target}")
+
+
+def _run_exact(
+    net: PLNet,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    max_regions: int,
+    limit: float,
+    progress: bool,
+) -> Enumeration:
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="region cells", unit="cell", leave=False)
+    try:
+        return enumerate_region(net, parts, max_regions=max_regions, time_limit=limit, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _approximate_mode(
+    net: PLNet,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    mode: str,
+    est: tuple[float, float, float],
+    counts: dict[str, int],
+    info: dict[str, Any],
+    *,
+    target: float,
+    max_polytopes: int,
+    max_regions: int,
+    time_limit: float,
+    exact_budget: float | None,
+    recheck: bool,
+    n_samples: int,
+    seed: int,
+    progress: bool,
+) -> tuple[list, str, float | None]:
+    """``"under"``/``"over"``: the polytopes, the status and the exact region volume (or None)."""
+    region_volume: float | None = None
+    if exact_budget is None:
+        budget = min(5.0, time_limit) if net.d <= MAX_EXACT_DIM else 0.0
+    else:
+        budget = float(exact_budget)
+    if budget > 0:
+        e = _run_exact(net, parts, max_regions, budget, progress)
+        info["exact_status"] = e.status
+        if e.status == "complete":
+            region_volume = sum(p.volume for p in e.pieces)
+            counts["linear_regions"] = e.linear_regions
+    raw, stats = approximate(
+        net,
+        parts,
+        outer=mode == "over",
+        target=float(target),
+        max_polytopes=int(max_polytopes),
+        time_limit=time_limit,
+        n_samples=n_samples,
+        seed=seed,
+        region_volume=region_volume,
+    )
+    status = stats["status"]
+    counts.update(boxes=stats["boxes"], splits=stats["splits"])
+    if mode == "under":
+        raw = _trim(raw, float(target), region_volume if region_volume else est[0])
+        if recheck:
+            how, outside = _recheck(net, parts, raw, budget, seed)
+            info["rechecked"] = how
+            if outside > 1e-12:
+                raise NNInvError(
+                    f"internal error: an inner polytope leaves the region ({how} check: "
+                    f"{outside:.3g} outside); please report it"
+                )
+    return raw, status, region_volume
+
+
+def _coverage(
+    mode: str, vol_u: float, region_volume: float | None, est: tuple[float, float, float]
+) -> tuple[float, tuple[float, float], bool]:
+    """The coverage, its interval and whether it is certified by the exact region volume."""
+    if region_volume is not None and region_volume > 0:
+        cov = vol_u / region_volume if mode != "exact" else 1.0
+        interval = (cov, cov)
+        certified = True
+    elif mode == "exact" and region_volume == 0.0:
+        cov, interval, certified = 1.0, (1.0, 1.0), True
+    else:
+        cov = vol_u / est[0] if est[0] > 0 else math.nan
+        interval = (
+            vol_u / est[2] if est[2] > 0 else math.nan,
+            vol_u / est[1] if est[1] > 0 else math.inf,
+        )
+        certified = False
+    return cov, interval, certified
+
+
+def _output_parts(
+    output_set: OutputSet | ClassTarget | int, net: PLNet
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The output set's polyhedra ``(A, b)`` in float64, checked against the model's outputs."""
+    out_set = as_output_set(output_set, net.n_out)
+    if out_set.n_outputs != net.n_out:
+        raise NNInvError(
+            f"the output set constrains {out_set.n_outputs} outputs but the model has {net.n_out}"
+        )
+    return [(p.A.numpy().astype(np.float64), p.b.numpy().astype(np.float64)) for p in out_set.parts]
+
+
+def _exact_mode(
+    net: PLNet,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    max_regions: int,
+    time_limit: float,
+    progress: bool,
+    counts: dict[str, int],
+) -> tuple[list, str, float | None]:
+    """``"exact"``: the pieces, the status and the region volume (None unless complete)."""
+    region_volume: float | None = None
+    e = _run_exact(net, parts, max_regions, time_limit, progress)
+    raw = [(p.A, p.b, p.part, p.V, p.volume) for p in e.pieces]
+    status = e.status
+    counts.update(
+        cells=e.cells,
+        linear_regions=e.linear_regions,
+        pruned=e.pruned_out,
+        kept_whole=e.kept_inside,
+    )
+    if status == "complete":
+        region_volume = sum(p[4] for p in raw)
+    return raw, status, region_volume
+
+
+def _outer_box(polys: tuple[Polytope, ...], d: int) -> torch.Tensor:
+    """The bounding box ``(d, 2)`` of the polytopes' vertices (empty rows when there are none)."""
+    if polys:
+        allv = torch.cat([p.vertices for p in polys])
+        return torch.stack([allv.min(0).values, allv.max(0).values], dim=1)
+    return torch.empty(d, 2, dtype=torch.float64)

@@ -228,7 +228,7 @@ def slice_polygon(p: Polytope, dims: tuple[int, int], at: np.ndarray) -> np.ndar
     Returns its vertices in order around it, ``(k, 2)``, or None where the plane
     misses the polytope's interior.
     """
-    from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError  # type: ignore[attr-defined]
+    from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
     from ._lp import chebyshev
 
