@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import NNInvError
 from ..model.chain import Affine, Elementwise, analyse
+from ..model.layers import set_input_shape
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,7 @@ def _rowwise(model: nn.Module, shape: tuple[int, ...], d: int) -> nn.Module | No
     if not all(isinstance(m, ok) for m in model):
         return None
     row = nn.Sequential(*model)
-    # torch types Module.__setattr__ for tensors and modules only; any value is accepted
-    row.input_shape = (d,)  # type: ignore[assignment]
+    set_input_shape(row, (d,))
     return row
 
 
