@@ -88,6 +88,7 @@ LAYERS = {
     "errors": 0,
     "result": 0,
     "linalg": 0,
+    "highs": 0,
     "targets": 0,
     "vnnlib": 0,
     "datasets": 0,

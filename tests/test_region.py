@@ -276,3 +276,25 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys, args, match):
     path = _onnx_net(tmp_path)
     assert main(["region", str(path), *args, "--out", str(tmp_path / "o")]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_region_lps_run_after_another_highs_solver_ran():
+    """A HiGHS run elsewhere in the process first (closest's MILPs, say) fixes its
+    thread pool; region's LPs used to set ``threads`` afterwards and then ended
+    every run with the status "Not Set"."""
+    import highspy
+    import numpy as np
+
+    from nninv.highs import quiet_highs
+    from nninv.region._lp import minimize
+
+    h = quiet_highs()
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = 1, 0
+    lp.col_cost_, lp.col_lower_, lp.col_upper_ = np.ones(1), np.zeros(1), np.ones(1)
+    h.passModel(lp)
+    h.run()
+    assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    value, u = minimize(np.array([1.0, -1.0]), np.array([[1.0, 1.0]]), np.array([1.5]))
+    assert value == pytest.approx(-1.0) and u == pytest.approx([0.0, 1.0])
+    assert minimize(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-2.0])) is None

@@ -30,34 +30,11 @@ import numpy as np
 import scipy.sparse as sp
 from torch import Tensor
 
+from ..highs import quiet_highs
 from ._crown import Layers
 
 if TYPE_CHECKING:
     from highspy import Highs
-
-
-def _silent(highspy: ModuleType) -> Highs:
-    # the first Highs() of a process prints a banner on file descriptor 1
-    import os
-    import sys
-
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError):
-        saved = None
-    try:
-        if saved is not None:
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.close(null)
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-    finally:
-        if saved is not None:
-            os.dup2(saved, 1)
-            os.close(saved)
-    return h
 
 
 #: What :func:`_encode` returns (see there).
@@ -205,7 +182,7 @@ def search(
     M = sp.csc_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nrow, ncol)
     )
-    h = _silent(highspy)
+    h = quiet_highs()
     h.setOptionValue("time_limit", float(max(time_limit, 1e-3)))
     if first:
         h.setOptionValue("mip_max_improving_sols", 1)
@@ -296,7 +273,7 @@ def tighten(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
             shape=(nrow, ncol),
         )
-        h = _silent(highspy)
+        h = quiet_highs()
         h.setOptionValue("presolve", "off")
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = ncol, nrow

@@ -31,8 +31,6 @@ __all__ = [
 ]
 
 import math
-import os
-import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
+from ..highs import quiet_highs
 from ._milp import Encoding, Goal, PLNet, as_goal
 from ._polytope import LP_OPTIONS
 
@@ -240,29 +239,6 @@ def pass_model(
         kinds = (highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger)
         lp.integrality_ = [kinds[int(v)] for v in enc.integrality]
     h.passModel(lp)
-
-
-def quiet_highs() -> highspy.Highs:
-    """A silent ``highspy.Highs``: the first one a process makes prints a banner from C++
-    to file descriptor 1, which would land in the middle of the command line's tables."""
-    saved: int | None
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError):
-        saved = None
-    try:
-        if saved is not None:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.close(devnull)
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-    finally:
-        if saved is not None:
-            os.dup2(saved, 1)
-            os.close(saved)
-    return h
 
 
 #: HiGHS options of :func:`region_lp`: presolve off. On a region barely wide enough for

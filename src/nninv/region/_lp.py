@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..highs import quiet_highs
+
 if TYPE_CHECKING:
     from highspy import Highs
 
@@ -20,65 +22,15 @@ _SOLVER: list[tuple[Highs, ModuleType]] = []
 
 
 def _highs() -> tuple[Highs, ModuleType]:
-    """The shared ``Highs``, made with file descriptor 1 silenced: the first one a process
-    makes prints a banner from C++ that would land in the middle of printed tables."""
+    """The shared ``Highs`` (building one costs more than solving these LPs)."""
     if not _SOLVER:
-        import os
-        import sys
-
         import highspy
 
-        try:
-            sys.stdout.flush()
-            saved: int | None = os.dup(1)
-        except (OSError, ValueError):
-            saved = None
-        try:
-            if saved is not None:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 1)
-                os.close(devnull)
-            h = highspy.Highs()
-        finally:
-            if saved is not None:
-                os.dup2(saved, 1)
-                os.close(saved)
-        h.setOptionValue("output_flag", False)
-        h.setOptionValue("threads", 1)
-        _SOLVER.append((h, highspy))
+        _SOLVER.append((quiet_highs(), highspy))
     return _SOLVER[0]
 
 
 def _solve(
-    cost: np.ndarray, A: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray
-) -> tuple[float, np.ndarray] | None:
-    try:
-        return _solve_once(cost, A, b, lower, upper)
-    except RuntimeError:
-        # The shared Highs object reports "Not Set" after some other tests of the suite
-        # have run (cause not found); scipy's HiGHS interface builds its own each time.
-        return _solve_scipy(cost, A, b, lower, upper)
-
-
-def _solve_scipy(
-    cost: np.ndarray, A: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray
-) -> tuple[float, np.ndarray] | None:
-    from scipy.optimize import linprog
-
-    bounds = [
-        (None if not np.isfinite(lo) else lo, None if not np.isfinite(hi) else hi)
-        for lo, hi in zip(lower, upper)
-    ]
-    res = linprog(cost, A_ub=A if A.shape[0] else None, b_ub=b if A.shape[0] else None,
-                  bounds=bounds, method="highs")  # fmt: skip
-    if res.status == 2:
-        return None
-    if res.status != 0:
-        raise RuntimeError(f"HiGHS (scipy) failed: {res.message}")
-    return float(res.fun), np.asarray(res.x, dtype=np.float64)
-
-
-def _solve_once(
     cost: np.ndarray, A: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray
 ) -> tuple[float, np.ndarray] | None:
     h, highspy = _highs()
