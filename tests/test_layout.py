@@ -348,3 +348,52 @@ def test_all_lists_no_private_names(module):
         n for n in getattr(mod, "__all__", []) if n.startswith("_") and not n.startswith("__")
     ]
     assert not private, f"{module}.__all__ lists private names {private}"
+
+
+#: No function grows past this many lines of code (blank lines, comments and the
+#: docstring not counted) without being split along its ideas.
+MAX_FUNCTION_LINES = 80
+
+
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> int:
+    doc: set[int] = set()
+    first = node.body[0] if node.body else None
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        doc = set(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    end = node.end_lineno or node.lineno
+    return sum(
+        1
+        for i in range(node.lineno, end + 1)
+        if i not in doc and lines[i - 1].strip() and not lines[i - 1].strip().startswith("#")
+    )
+
+
+def _long_functions(source: str) -> list[tuple[str, int]]:
+    lines = source.splitlines()
+    return [
+        (node.name, n)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (n := _code_lines(node, lines)) > MAX_FUNCTION_LINES
+    ]
+
+
+def test_functions_stay_short():
+    long = [
+        f"{path.relative_to(SRC.parent)}: {name} has {n} lines of code"
+        for _, path in _modules()
+        for name, n in _long_functions(path.read_text())
+    ]
+    assert not long, "split these along their ideas:\n" + "\n".join(long)
+
+
+def test_the_function_length_check_counts_code_only():
+    # the def line counts, so 79 statements make 80 lines of code
+    body = "\n".join(f"    x{i} = {i}  # one" for i in range(MAX_FUNCTION_LINES - 1))
+    ok = f'def f():\n    """Doc.\n\n    More doc.\n    """\n\n    # a comment\n{body}\n'
+    assert _long_functions(ok) == []
+    assert _long_functions(ok + "    return x0\n") == [("f", MAX_FUNCTION_LINES + 1)]
