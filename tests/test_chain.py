@@ -95,3 +95,17 @@ def test_eval_mode_restores_each_submodules_own_mode():
         assert not any(m.training for m in outer.modules())
     assert outer.training and outer[1].training
     assert not any(m.training for m in frozen.modules())  # not switched to train mode
+
+
+def test_a_module_used_twice_in_a_sequential_is_two_steps():
+    """One ReLU instance after two layers: named_children() would list it once."""
+    act = nn.LeakyReLU(0.1)
+    net = nn.Sequential(nn.Linear(3, 5), act, nn.Linear(5, 4), act, nn.Linear(4, 2))
+    chain = analyse(net)
+    assert [type(s).__name__ for s in chain.steps].count("Elementwise") == 2
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    h = x
+    for step in chain.steps:
+        h = step.layer.module(h) if isinstance(step, Elementwise) else step.forward(h)
+    assert torch.allclose(h, net(x), atol=1e-6)

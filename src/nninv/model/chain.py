@@ -397,8 +397,11 @@ def _functional_to_module(fn: Any, args: tuple, kwargs: dict) -> nn.Module:
 def _leaves(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(name, module)`` in execution order for a straight-chain model."""
     if isinstance(model, nn.Sequential):
-        for name, child in model.named_children():
-            yield from _leaves(child, f"{prefix}{name}.")
+        # Not named_children(): it yields a module used twice (one ReLU instance
+        # after two layers) only once, and the chain would lose a layer.
+        for name, child in model._modules.items():
+            if child is not None:
+                yield from _leaves(child, f"{prefix}{name}.")
         return
     if _known(model) or not list(model.children()):
         yield prefix.rstrip(".") or type(model).__name__, model
