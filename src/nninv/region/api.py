@@ -34,6 +34,7 @@ from ._approx import approximate
 from ._exact import Enumeration, enumerate_region
 from ._geom import MAX_EXACT_DIM, facets
 from ._net import PLNet, as_plnet
+from ._peel import complement_parts, peel
 from .result import Polytope, Region
 
 #: The modes :func:`region` knows.
@@ -315,6 +316,7 @@ def _approximate_mode(
     progress: bool,
 ) -> tuple[list, str, float | None]:
     """``"under"``/``"over"``: the polytopes, the status and the exact region volume (or None)."""
+    t0 = time.perf_counter()
     region_volume: float | None = None
     if exact_budget is None:
         budget = min(5.0, time_limit) if net.d <= MAX_EXACT_DIM else 0.0
@@ -326,19 +328,39 @@ def _approximate_mode(
         if e.status == "complete":
             region_volume = sum(p.volume for p in e.pieces)
             counts["linear_regions"] = e.linear_regions
-    raw, stats = approximate(
-        net,
-        parts,
-        outer=mode == "over",
-        target=float(target),
-        max_polytopes=int(max_polytopes),
-        time_limit=time_limit,
-        n_samples=n_samples,
-        seed=seed,
-        region_volume=region_volume,
-    )
-    status = stats["status"]
-    counts.update(boxes=stats["boxes"], splits=stats["splits"])
+    peeled = None
+    if mode == "under" and region_volume is not None:
+        peeled = _peel_mode(
+            net,
+            parts,
+            e,
+            region_volume,
+            budget,
+            t0,
+            target,
+            max_polytopes,
+            time_limit,
+            n_samples,
+            seed,
+            info,
+        )
+    if peeled is not None:
+        raw, status = peeled
+    else:
+        raw, stats = approximate(
+            net,
+            parts,
+            outer=mode == "over",
+            target=float(target),
+            max_polytopes=int(max_polytopes),
+            time_limit=time_limit,
+            n_samples=n_samples,
+            seed=seed,
+            region_volume=region_volume,
+        )
+        status = stats["status"]
+        counts.update(boxes=stats["boxes"], splits=stats["splits"])
+        info["strategy"] = "bounds"
     if mode == "under":
         raw = _trim(raw, float(target), region_volume if region_volume else est[0])
         if recheck:
@@ -350,6 +372,52 @@ def _approximate_mode(
                     f"{outside:.3g} outside); please report it"
                 )
     return raw, status, region_volume
+
+
+def _peel_mode(
+    net: PLNet,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    e: Enumeration,
+    region_volume: float,
+    budget: float,
+    t0: float,
+    target: float,
+    max_polytopes: int,
+    time_limit: float,
+    n_samples: int,
+    seed: int,
+    info: dict[str, Any],
+) -> tuple[list, str] | None:
+    """``"under"`` from the exact region: polytopes carved to avoid its complement.
+
+    None (the caller falls back to bounds on boxes) when the output set is a union
+    of several polyhedra, its complement cannot be enumerated within what is left
+    of ``budget``, or carving fails.
+    """
+    comp = complement_parts(parts) if len(parts) == 1 else None
+    left = budget - (time.perf_counter() - t0)
+    if comp is None or left <= 0:
+        return None
+    c = enumerate_region(net, comp, max_regions=10**7, time_limit=left)
+    if c.status != "complete":
+        return None
+    rng = np.random.default_rng(seed)
+    U = rng.random((n_samples, net.d))
+    X = U[_in_parts(net.forward_u(U), parts)]
+    raw, stats = peel(
+        e.pieces,
+        c.pieces,
+        region_volume,
+        X,
+        target=target,
+        max_polytopes=max_polytopes,
+        time_limit=time_limit,
+        seed=seed,
+    )
+    if stats["status"] == "failed":
+        return None
+    info["strategy"] = "peel"
+    return raw, stats["status"]
 
 
 def _coverage(
