@@ -5,7 +5,9 @@ Three modes share one result (:class:`~nninv.region.result.Region`):
 - ``"exact"``: every linear region of the piecewise-linear network inside the box,
   cut by the output set (:mod:`._exact`); the polytopes *are* the region;
 - ``"under"``: a few polytopes whose union lies inside the region, sound by
-  construction (CROWN bounds on input boxes, :mod:`._approx`) and re-checked;
+  construction and re-checked: carved out of the exact region where it and its
+  complement are enumerated within ``exact_budget`` (:mod:`._peel`), otherwise
+  from CROWN bounds on input boxes (:mod:`._approx`);
 - ``"over"``: polytopes whose union contains the region.
 
 Volumes are exact (qhull). The coverage of an approximation is certified (its
@@ -144,6 +146,10 @@ def region(
     box : array_like, shape (d, 2)
         ``[lo, hi]`` per input, ``lo < hi``.
     mode : {"exact", "under", "over"}
+        ``"under"`` carves its polytopes out of the exact region when the region
+        and its complement (an output set of one polyhedron) are enumerated within
+        ``exact_budget``; otherwise, and for ``"over"``, it bounds the network on
+        boxes (``info["strategy"]`` says which).
     target : float
         ``"under"``: stop once the polytopes cover this share of the region;
         ``"over"``: once the region fills this share of the polytopes.

@@ -91,7 +91,9 @@ class Region:
         ``polytopes``, and per mode ``cells``, ``linear_regions``, ``pruned``,
         ``kept_whole`` (exact), ``boxes``, ``splits`` (under/over).
     info : dict
-        ``"rechecked"``: how the inner polytopes were checked, and other details.
+        ``"rechecked"``: how the inner polytopes were checked; ``"strategy"``
+        (under/over): ``"peel"`` (carved out of the exact region) or
+        ``"bounds"`` (linear bounds on boxes); and other details.
     """
 
     mode: str
