@@ -123,3 +123,11 @@ def test_a_union_output_set_falls_back_to_bounds_and_stays_inside():
     r = nninv.region(model, out_set, box, "under", target=0.8)
     assert r.info["strategy"] == "bounds"
     assert _outside(model, out_set, r.sample(5000, seed=1)) == 0
+
+
+def test_an_empty_region_is_covered_with_no_polytope():
+    model, box = _net(2, 0), _box(2)
+    nothing = OutputSet.linear([[-1.0, 0.0, 0.0, 0.0]], [-1e6])  # y0 >= 10^6
+    r = nninv.region(model, nothing, box, "under")
+    assert r.polytopes == () and r.region_volume == 0.0
+    assert r.certified and r.coverage == 1.0
