@@ -11,7 +11,7 @@ from torch import nn
 
 import nninv
 from nninv import NNInvError, OutputSet
-from nninv.region._net import as_plnet, maxpool_layers
+from nninv.region._net import as_plnet
 from tolerances import EPS
 
 #: Monte Carlo agreement of the exact volume, in standard errors.
@@ -141,32 +141,6 @@ def test_plnet_forward_equals_the_model(name):
     np.testing.assert_allclose(net.forward_u(net.to_u(x)), y, rtol=0, atol=ATOL)
     if "maxpool" in name:
         assert len(net.slopes) > sum(isinstance(m, nn.ReLU | nn.LeakyReLU) for m in model)
-
-
-@pytest.mark.parametrize("nonneg", [False, True])
-def test_maxpool_layers_is_the_window_max(nonneg):
-    rng = np.random.default_rng(1)
-    n = 10
-    windows = [rng.choice(n, size=rng.integers(1, 8), replace=False) for _ in range(25)]
-    Es, P = maxpool_layers(windows, n, nonneg)
-    assert len(Es) == 3  # ceil(log2 7) levels for windows of up to 7 inputs
-    h = rng.normal(size=(500, n))
-    if nonneg:
-        h = np.abs(h)
-    want = np.stack([h[:, w].max(axis=1) for w in windows], axis=1)
-    v = h
-    for E in Es:
-        v = np.maximum(v @ E.T, 0.0)
-    np.testing.assert_allclose(v @ P.T, want, rtol=0, atol=ATOL)
-
-
-def test_maxpool_layers_share_subtrees_and_skip_the_negative_half():
-    windows = [np.array([0, 1, 2, 3]), np.array([2, 3, 4, 5])]
-    signed, _ = maxpool_layers(windows, 6, nonneg=False)
-    plain, _ = maxpool_layers(windows, 6, nonneg=True)
-    # level 1: three differences (pairs 0-1, 2-3 shared, 4-5) and the three carried inputs
-    assert plain[0].shape == (6, 6) and signed[0].shape == (9, 6)
-    assert all(a.shape[0] < b.shape[0] for a, b in zip(plain, signed))
 
 
 def test_single_input_windows_add_no_layer():

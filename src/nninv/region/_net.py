@@ -3,8 +3,7 @@
 The model is analysed into its chain (:mod:`nninv.model.chain`): affine blocks
 (Linear, Conv, average pooling, BatchNorm in eval, reshapes), ReLU or leaky
 ReLU activations, and max pooling, rewritten exactly as extra ReLU layers
-(:func:`maxpool_layers`: ``max(a, b) = b + relu(a - b)``, a tree of pairwise
-maxima over each window). The input box ``[lo, hi]`` is mapped onto ``[0, 1]^d`` (``x = lo
+(:mod:`nninv.model.pooling`). The input box ``[lo, hi]`` is mapped onto ``[0, 1]^d`` (``x = lo
 + s u``) and folded into the first affine map, so every polytope, LP and volume
 works on well-scaled coordinates; :meth:`PLNet.to_x` maps constraints back.
 """
@@ -24,16 +23,7 @@ from torch import nn
 from ..errors import NNInvError
 from ..model.chain import Affine, Elementwise, Unsupported, analyse
 from ..model.layers import set_input_shape
-
-#: Max pooling modules read as ReLU layers, with the number of axes each pools over.
-_MAXPOOL: dict[type, int] = {
-    nn.MaxPool1d: 1,
-    nn.MaxPool2d: 2,
-    nn.MaxPool3d: 3,
-    nn.AdaptiveMaxPool1d: 1,
-    nn.AdaptiveMaxPool2d: 2,
-    nn.AdaptiveMaxPool3d: 3,
-}
+from ..model.pooling import MAXPOOL, maxpool_after
 
 
 @dataclass(frozen=True)
@@ -122,130 +112,6 @@ def _rowwise(model: nn.Module, shape: tuple[int, ...], d: int) -> nn.Module | No
     return row
 
 
-def _per_axis(value: Any, nd: int) -> tuple[int, ...]:
-    v = (value,) * nd if isinstance(value, int) else tuple(value)
-    return tuple(int(t) for t in (v * nd if len(v) == 1 else v))
-
-
-def _axis_windows(mod: nn.Module, axis: int, nd: int, n: int, n_out: int) -> list[list[int]]:
-    """The input positions along one pooled axis that each output position reads."""
-    if isinstance(mod, nn.AdaptiveMaxPool1d | nn.AdaptiveMaxPool2d | nn.AdaptiveMaxPool3d):
-        return [list(range((o * n) // n_out, -((-(o + 1) * n) // n_out))) for o in range(n_out)]
-    k = _per_axis(mod.kernel_size, nd)[axis]
-    s = _per_axis(mod.stride, nd)[axis]
-    p = _per_axis(mod.padding, nd)[axis]
-    dil = _per_axis(mod.dilation, nd)[axis]
-    # Max pooling pads with -inf: a padded slot is never the max, so it is left out.
-    return [
-        [i for i in range(o * s - p, o * s - p + dil * k, dil) if 0 <= i < n] for o in range(n_out)
-    ]
-
-
-def pool_windows(step: Unsupported) -> list[np.ndarray]:
-    """Flat input indices of each max pooling window, in the order of the flat output.
-
-    Kernel, stride, padding, dilation, ``ceil_mode`` and the adaptive pools are read
-    off the module and its recorded output shape.
-
-    Raises
-    ------
-    NNInvError
-        For a window without any input.
-    """
-    mod, info = step.layer.module, step.layer
-    nd = _MAXPOOL[type(mod)]
-    lead, sp_in, sp_out = info.in_shape[:-nd], info.in_shape[-nd:], info.out_shape[-nd:]
-    if len(info.in_shape) < nd or info.out_shape[:-nd] != lead:
-        raise NNInvError(
-            f"{step.label()}: cannot read its windows from input shape {info.in_shape} "
-            f"and output shape {info.out_shape}"
-        )
-    axes = [_axis_windows(mod, a, nd, sp_in[a], sp_out[a]) for a in range(nd)]
-    if any(not w for ax in axes for w in ax):
-        raise NNInvError(f"{step.label()}: a pooling window holds only padding")
-    strides = np.cumprod((1, *sp_in[::-1]))[:-1][::-1]
-    per_map: list[np.ndarray] = []
-    for combo in np.ndindex(*sp_out):
-        grids = np.meshgrid(*[np.asarray(axes[a][o]) for a, o in enumerate(combo)], indexing="ij")
-        per_map.append(sum(g.ravel() * st for g, st in zip(grids, strides)))
-    size = math.prod(sp_in)
-    return [w + c * size for c in range(math.prod(lead)) for w in per_map]
-
-
-def maxpool_layers(
-    windows: list[np.ndarray], n: int, nonneg: bool
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Max over ``windows`` as ReLU layers: ``h_{l+1} = relu(E_l h_l)``, output ``P h_m``.
-
-    ``h_0`` is the pooling input (``n`` values). Each level pairs the terms of every
-    window, ``max(a, b) = b + relu(a - b)``, and carries ``b`` (and an unpaired
-    term) through the ReLU as ``relu(b) - relu(-b)``, or as ``relu(b)`` when
-    ``nonneg`` says the inputs are ``>= 0``. Subtrees shared by overlapping windows
-    are built once. Exact: ``P h_m`` equals the max over each window for every
-    input. Returns ``([E_0, ..., E_{m-1}], P)``; no layers when every window holds
-    one input.
-    """
-    terms: list[list[Any]] = [[int(i) for i in w] for w in windows]
-    expr: dict[Any, dict[int, float]] = {i: {i: 1.0} for i in range(n)}
-    width = n
-    layers: list[np.ndarray] = []
-    while any(len(t) > 1 for t in terms):
-        level = _Level(expr, nonneg)
-        terms = [level.reduce(t) for t in terms]
-        layers.append(_dense(level.rows, width))
-        expr, width = level.out, len(level.rows)
-    return layers, _dense([expr[t[0]] for t in terms], width)
-
-
-class _Level:
-    """One ReLU layer of the max tree: its neurons (rows over the level below) and the
-    terms of the level above as combinations of them; shared terms are built once."""
-
-    def __init__(self, expr: dict[Any, dict[int, float]], nonneg: bool) -> None:
-        self.expr, self.nonneg = expr, nonneg
-        self.rows: list[dict[int, float]] = []
-        self.index: dict[Any, int] = {}
-        self.out: dict[Any, dict[int, float]] = {}
-
-    def neuron(self, key: Any, row: dict[int, float]) -> int:
-        if key not in self.index:
-            self.index[key] = len(self.rows)
-            self.rows.append(row)
-        return self.index[key]
-
-    def carry(self, node: Any) -> dict[int, float]:
-        """``node`` through the ReLU: ``relu(v)``, or ``relu(v) - relu(-v)``."""
-        e = self.expr[node]
-        up = self.neuron(("+", node), e)
-        if self.nonneg:
-            return {up: 1.0}
-        return {up: 1.0, self.neuron(("-", node), {k: -v for k, v in e.items()}): -1.0}
-
-    def reduce(self, t: list[Any]) -> list[Any]:
-        """Pair the terms of one window: ``max(a, b) = b + relu(a - b)``."""
-        nt = []
-        for a, b in zip(t[0:-1:2], t[1::2]):
-            node = (a, b)
-            if node not in self.out:
-                diff = dict(self.expr[a])
-                for k, v in self.expr[b].items():
-                    diff[k] = diff.get(k, 0.0) - v
-                self.out[node] = {**self.carry(b), self.neuron(("d", node), diff): 1.0}
-            nt.append(node)
-        if len(t) % 2:
-            self.out.setdefault(t[-1], self.carry(t[-1]))
-            nt.append(t[-1])
-        return nt
-
-
-def _dense(rows: list[dict[int, float]], width: int) -> np.ndarray:
-    M = np.zeros((len(rows), width))
-    for r, row in enumerate(rows):
-        for k, v in row.items():
-            M[r, k] += v
-    return M
-
-
 @dataclass
 class _Builder:
     """The layers read so far and the affine map ``W h + c`` since the last activation."""
@@ -265,12 +131,11 @@ class _Builder:
         self.nonneg_source = slope == 0.0
 
     def maxpool(self, step: Unsupported) -> None:
-        nonneg = self.nonneg_source and bool((self.W >= 0).all() and (self.c >= 0).all())
-        Es, P = maxpool_layers(pool_windows(step), self.W.shape[0], nonneg)
-        for E in Es:
-            self.W, self.c = E @ self.W, E @ self.c
+        layers, W_out, c_out = maxpool_after(step, self.W, self.c, self.nonneg_source)
+        for W, c in layers:
+            self.W, self.c = W, c
             self.activation(0.0)
-        self.W, self.c = P @ self.W, P @ self.c
+        self.W, self.c = W_out, c_out
 
 
 def as_plnet(model: nn.Module, box: Any) -> PLNet:
@@ -280,7 +145,7 @@ def as_plnet(model: nn.Module, box: Any) -> PLNet:
     last axis (Linear and activations only; auto_park declares ``(batch, 2, 2)``)
     maps every row alike: a box of ``k`` rows is then the region of one row.
     Max pooling (1-3-D, adaptive, any kernel, stride, padding, dilation and
-    ``ceil_mode``) becomes extra ReLU layers (:func:`maxpool_layers`).
+    ``ceil_mode``) becomes extra ReLU layers (:mod:`nninv.model.pooling`).
 
     Raises
     ------
@@ -307,7 +172,7 @@ def as_plnet(model: nn.Module, box: Any) -> PLNet:
             step.act.name == "relu" or step.act.name.startswith("leaky_relu")
         ):
             build.activation(float(getattr(step.layer.module, "negative_slope", 0.0)))
-        elif isinstance(step, Unsupported) and type(step.layer.module) in _MAXPOOL:
+        elif isinstance(step, Unsupported) and type(step.layer.module) in MAXPOOL:
             build.maxpool(step)
         else:
             raise NNInvError(
