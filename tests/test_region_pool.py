@@ -232,3 +232,39 @@ def test_other_pooling_is_refused_by_name():
     model.input_shape = (1, 2, 2)
     with pytest.raises(NNInvError, match=r"piecewise-linear.*FractionalMaxPool2d"):
         nninv.region(model, 0, [[0.0, 1.0]] * 4)
+
+
+def test_onnx_max_pooling_region_against_onnxruntime(tmp_path):
+    """An ONNX file's MaxPool (ceil_mode, as 'same' pooling is written) through the
+    whole route: load, exact region, samples checked by onnxruntime on the file."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import warnings
+
+    shape = (1, 2, 2)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 2, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2, ceil_mode=True),
+        nn.Flatten(),
+        nn.Linear(12, 3),
+    )
+    model = _ready(model, shape, seed=2).float()
+    path = tmp_path / "pool.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, *shape),),
+            path,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+            dynamo=False,
+        )
+    box = [[-1.0, 1.0]] * 4
+    exact = nninv.region(str(path), 1, box, "exact")
+    assert exact.status == "complete" and 0.0 < exact.share < 1.0
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = exact.sample(2000, seed=0).numpy().reshape(-1, *shape).astype(np.float32)
+    y = session.run(None, {"x": x})[0]
+    assert np.all(y[:, 1:2] >= y - 1e-4 * np.abs(y).max())  # float32 ties only
