@@ -139,3 +139,21 @@ def test_help_says_vnnlib_is_the_unsafe_set(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--vnnlib FILE" in text and "describes the UNSAFE set" in text
     assert "the region is the property's counterexamples in the box" in text
+
+
+def test_exact_mode_refuses_a_box_of_too_many_inputs(tmp_path, capsys):
+    """VNN-LIB makes large boxes easy to ask for (an MNIST property has 784 rows):
+    the exact mode, which starts from the box's 2^d corners, refuses them by name."""
+    pytest.importorskip("onnx")
+    model = nn.Sequential(nn.Linear(17, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    net = tmp_path / "wide.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 17),), net, dynamo=False)
+    prop = tmp_path / "wide.vnnlib"
+    head = "".join(f"(declare-const X_{i} Real)\n" for i in range(17))
+    head += "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+    prop.write_text(head + _box_asserts([0.0] * 17, [1.0] * 17) + "(assert (>= Y_1 Y_0))\n")
+    rc, out, err = _run(capsys, str(net), "--vnnlib", str(prop), "--out", str(tmp_path / "o"))
+    assert rc == 2 and out == ""
+    assert "2^17 corners; 17 inputs is above its limit of 16: use mode='under'" in err
