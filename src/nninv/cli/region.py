@@ -29,7 +29,7 @@ network (Linear, Conv, ReLU, LeakyReLU, max and average pooling, BatchNorm,
 reshapes):
 
   exact  every linear region of the network inside the box, cut by the output
-         set; the polytopes are the region (coverage 1)
+         set; the polytopes are the region (coverage 1; up to 16 inputs)
   under  a few polytopes inside the region, grown to --target coverage
   over   polytopes around the region
 
