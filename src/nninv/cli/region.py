@@ -13,6 +13,7 @@ import argparse
 import itertools
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,15 @@ import numpy as np
 import torch
 
 from ..errors import NNInvError
-from ._common import parse_pair
+from ._common import parse_pair, plural
 
 _DESCRIPTION = """\
 The decision region {x in BOX : MODEL(x) in OUTPUT-SET} of a piecewise-linear
-network (Linear, Conv, ReLU, LeakyReLU, average pooling, BatchNorm, reshapes):
+network (Linear, Conv, ReLU, LeakyReLU, max and average pooling, BatchNorm,
+reshapes):
 
   exact  every linear region of the network inside the box, cut by the output
-         set; the polytopes are the region (coverage 1)
+         set; the polytopes are the region (coverage 1; up to 16 inputs)
   under  a few polytopes inside the region, grown to --target coverage
   over   polytopes around the region
 
@@ -36,6 +38,14 @@ the exact region volume is known, else over a sampled estimate (marked so).
 Writes OUT/region.png (2-D slices through the box centre, or --at) and
 OUT/region.json (the polytopes A x <= b with their volumes).
 
+--vnnlib FILE takes the box and the output set from a VNN-LIB property instead
+of --box and --output-set. A VNN-LIB file describes the UNSAFE set: its output
+constraint is what a counterexample meets. The region is therefore the set of
+counterexamples in the file's input box (empty, volume 0, when the property
+holds: where `nninv verify` says unsat). A file with several input boxes gives
+one region per box (a table row, OUT/region_case<I>.png, and an entry of
+OUT/region.json each).
+
 Exit status: 0 on success, 2 on a usage error."""
 
 _EPILOG = """\
@@ -43,7 +53,8 @@ examples:
   nninv region VertCAS_1.onnx --box "[-0.5,0.5]x[-0.5,0.5]x[0.149,0.151]x[-0.5,0.5]" \\
       --output-set class=0 --out figs
   nninv region cartpole.onnx --box "[-1,1]x[0,2]x[-0.2,0]x[-2,-1]" --output-set class=0 \\
-      --mode under --target 0.75 --out figs"""
+      --mode under --target 0.75 --out figs
+  nninv region net.onnx --vnnlib prop.vnnlib --out figs   # its counterexample region"""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -60,12 +71,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--box",
-        required=True,
         metavar="[LO,HI]x[LO,HI]...",
         help="one [LO,HI] per input, joined by x (quote it for the shell)",
     )
+    parser.add_argument("--output-set", metavar="class=K", help="class=K: class K wins")
     parser.add_argument(
-        "--output-set", required=True, metavar="class=K", help="class=K: class K wins"
+        "--vnnlib",
+        metavar="FILE",
+        help=(
+            "box and output set from a VNN-LIB property (.vnnlib or .vnnlib.gz) instead "
+            "of --box and --output-set; its output constraint is the UNSAFE set, so the "
+            "region is the property's counterexamples in the box"
+        ),
     )
     parser.add_argument("--mode", choices=("exact", "under", "over"), default="exact")
     parser.add_argument("--target", type=float, default=0.9, help="coverage target (0.9)")
@@ -186,31 +203,135 @@ def draw(r: Any, model: torch.nn.Module, out_set: Any, path: Path, at: np.ndarra
     return len(pairs)
 
 
+@dataclass(frozen=True)
+class _Case:
+    """One region to compute: a box, an output set, and where it came from."""
+
+    box: np.ndarray  # (d, 2)
+    output: Any  # a class index or an OutputSet
+    source: str  # for messages and headings; "" for --box/--output-set
+
+
+def cases(args: argparse.Namespace) -> list[_Case]:
+    """The regions asked for: one from --box/--output-set, or one per case of --vnnlib.
+
+    Raises
+    ------
+    NNInvError
+        For --vnnlib together with --box or --output-set, or a missing half of the pair.
+    """
+    given = [o for o, v in (("--box", args.box), ("--output-set", args.output_set)) if v]
+    if args.vnnlib is not None:
+        if given:
+            raise NNInvError(
+                f"--vnnlib gives both the box and the output set; it cannot be combined "
+                f"with {' or '.join(given)} (use --vnnlib alone, or --box and --output-set)"
+            )
+        from ..vnnlib import read
+
+        prop = read(args.vnnlib)
+        many = len(prop.cases) > 1
+        return [
+            _Case(
+                torch.stack([c.lo, c.hi], dim=1).double().numpy(),
+                c.output,
+                f"{args.vnnlib}" + (f", case {i}" if many else ""),
+            )
+            for i, c in enumerate(prop.cases)
+        ]
+    if not given:
+        raise NNInvError("give --box and --output-set, or --vnnlib FILE")
+    if len(given) < 2:
+        missing = "--output-set class=K" if args.box else "--box [LO,HI]x..."
+        raise NNInvError(
+            f"give {missing} too (a region needs both a box and an output set), "
+            "or --vnnlib FILE for both"
+        )
+    return [_Case(np.asarray(parse_box(args.box)), _output_set(args.output_set), "")]
+
+
+def heading(source: str) -> str:
+    """What a table of a VNN-LIB property's region describes: its counterexamples."""
+    return (
+        f"region of {source}: the inputs in its box whose outputs meet its output "
+        "constraint (VNN-LIB's unsafe set: the counterexamples; empty when the property holds)"
+    )
+
+
+def case_rows(results: list[Any]) -> str:
+    """One row per case: the main numbers of each region, aligned."""
+    head = ("case", "status", "polytopes", "volume", "share", "coverage", "seconds")
+    rows = [head] + [
+        (
+            str(i),
+            r.status,
+            str(len(r.polytopes)),
+            f"{r.volume:.6g}",
+            f"{r.share:.4f}",
+            f"{r.coverage:.4f}" + ("" if r.certified else " (sampled)"),
+            f"{r.seconds:.2f}",
+        )
+        for i, r in enumerate(results)
+    ]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(head))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Compute, print and draw the region; return the exit status."""
+    """Compute, print and draw the region(s); return the exit status."""
     from .. import region
     from ..model.io import load_model
-    from ..targets import as_output_set
 
-    box = parse_box(args.box)
-    label = _output_set(args.output_set)
+    todo = cases(args)
     model = load_model(args.model)
-    r = region(
-        model,
-        label,
-        box,
-        args.mode,
-        target=args.target,
-        max_polytopes=args.max_polytopes,
-        time_limit=args.time_limit,
-        seed=args.seed,
-        progress=True,
-    )
-    print(table(r))
+    results = []
+    for case in todo:
+        try:
+            r = region(
+                model,
+                case.output,
+                case.box,
+                args.mode,
+                target=args.target,
+                max_polytopes=args.max_polytopes,
+                time_limit=args.time_limit,
+                seed=args.seed,
+                progress=True,
+            )
+        except NNInvError as e:
+            if not case.source:
+                raise
+            raise NNInvError(f"{e} (the box and output set of {case.source})") from None
+        results.append(r)
+    if len(results) > 1:
+        print(f"{heading(args.vnnlib)}; one row per case (input box):")
+        print(case_rows(results))
+    else:
+        print(
+            f"{heading(todo[0].source)}\n{table(results[0])}"
+            if todo[0].source
+            else table(results[0])
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    names = ["region"] if len(results) == 1 else [f"region_case{i}" for i in range(len(results))]
+    summaries = []
+    for case, r, name in zip(todo, results, names):
+        panels = _draw_case(r, model, case, out / f"{name}.png", args.at)
+        print(f"wrote {out / name}.png ({plural(panels, 'slice')})")
+        summaries.append(_summary(r, case))
+    doc = summaries[0] if len(summaries) == 1 else {"vnnlib": args.vnnlib, "cases": summaries}
+    (out / "region.json").write_text(json.dumps(doc, indent=1))
+    print(f"wrote {out / 'region.json'}")
+    return 0
+
+
+def _draw_case(r: Any, model: torch.nn.Module, case: _Case, path: Path, at_arg: Any) -> int:
+    """Draw one region to ``path``; return the number of panels."""
+    from ..targets import as_output_set
+
     b = r.box.numpy()
-    at = np.asarray(args.at, dtype=np.float64) if args.at else b.mean(axis=1)
+    at = np.asarray(at_arg, dtype=np.float64) if at_arg else b.mean(axis=1)
     if at.shape != (len(b),):
         raise NNInvError(f"--at needs {len(b)} values (one per input), got {at.size}")
     rowwise = len(b) != int(np.prod(getattr(model, "input_shape", (len(b),))))
@@ -220,8 +341,11 @@ def run(args: argparse.Namespace) -> int:
         if rowwise and isinstance(model, torch.nn.Sequential)
         else model
     )
-    out_set = as_output_set(label, r_out(row_model, len(b)))
-    panels = draw(r, row_model, out_set, out / "region.png", at)
+    out_set = as_output_set(case.output, r_out(row_model, len(b)))
+    return draw(r, row_model, out_set, path, at)
+
+
+def _summary(r: Any, case: _Case) -> dict[str, Any]:
     summary = {
         "mode": r.mode,
         "status": r.status,
@@ -233,15 +357,15 @@ def run(args: argparse.Namespace) -> int:
         "region_volume": r.region_volume,
         "seconds": r.seconds,
         "counts": r.counts,
-        "box": b.tolist(),
+        "box": r.box.numpy().tolist(),
         "polytopes": [
             {"A": p.A.tolist(), "b": p.b.tolist(), "volume": p.volume, "part": p.part}
             for p in r.polytopes
         ],
     }
-    (out / "region.json").write_text(json.dumps(summary, indent=1))
-    print(f"wrote {out / 'region.png'} ({panels} slices) and {out / 'region.json'}")
-    return 0
+    if case.source:
+        summary["source"] = case.source
+    return summary
 
 
 def r_out(model: torch.nn.Module, d: int) -> int:

@@ -20,6 +20,9 @@ A candidate is reported ``sat`` only after the model, run in its own dtype
 and its output inside the set, with no tolerance. A wrong ``unsat`` is the
 worst error: bounds are computed in float64 and must exceed the right-hand
 side by a relative ``1e-9`` before a polyhedron counts as unreachable.
+Max pooling is read as extra ReLU layers (:mod:`nninv.model.pooling`, an exact
+rewrite), so steps 2-3 run through it; other non-piecewise-linear layers leave
+only the attack (``unknown`` unless it finds a counterexample).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import NNInvError
-from ..model.chain import Affine, analyse, eval_mode
+from ..model.chain import Affine, Unsupported, analyse, eval_mode
+from ..model.pooling import MAXPOOL, maxpool_after
 from ..targets import OutputSet
 from ..vnnlib import Case, Property, read
 from ._crown import Layers, alpha_crown, crown, layer_bounds
@@ -182,6 +186,16 @@ def _layers(model: nn.Module, input_shape: tuple[int, ...] | None) -> tuple[Any,
         if isinstance(step, Affine):
             A, c = step.matrix(_F64)
             W, b = A @ W, A @ b + c
+            continue
+        if isinstance(step, Unsupported) and type(step.layer.module) in MAXPOOL:
+            # max pooling as ReLU layers, exactly (nninv.model.pooling)
+            nonneg = bool(slopes) and slopes[-1] == 0.0
+            pool, W2, b2 = maxpool_after(step, W.numpy(), b.numpy(), nonneg)
+            for E, e in pool:
+                Ws.append(torch.from_numpy(E))
+                bs.append(torch.from_numpy(e))
+                slopes.append(0.0)
+            W, b = torch.from_numpy(W2), torch.from_numpy(b2)
             continue
         a = pl_slope(step)
         if a is None or not 0.0 <= a < 1.0:

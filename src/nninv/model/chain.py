@@ -490,6 +490,11 @@ def _build(model: nn.Module, shape: tuple[int, ...], max_dense: int) -> Chain:
                     f"layer {i} {name!r} ({type(mod).__name__}) fails on input of shape "
                     f"{(2, *cur)}: {e}"
                 ) from None
+            if not isinstance(h, Tensor):
+                raise NNInvError(
+                    f"layer {i} {name!r} ({type(mod).__name__}) returns a "
+                    f"{type(h).__name__}, not one tensor (return_indices=True?)"
+                )
             out = tuple(h.shape[1:])
             kind, act, reason = _classify(mod)
             if kind == "shift":

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import NNInvError
 from ._geom import TOL, estimate_volume, prune, split_point, vertices, volume
 from ._net import PLNet
 
@@ -121,7 +122,7 @@ def enumerate_region(
     t0 = time.perf_counter()
     d = net.d
     L = len(net.weights)
-    corners = ((np.arange(2**d)[:, None] >> np.arange(d)) & 1).astype(np.float64)
+    corners = _corners(d)
     out = Enumeration([], "complete", 0, 0, 0, 0)
     # (A, b, V, layer, first unsettled neuron, M, m, slopes of settled neurons)
     n0 = net.weights[0].shape[0]
@@ -194,6 +195,19 @@ def enumerate_region(
 
 
 _RNG = np.random.default_rng(0)
+
+#: Most inputs the exact enumeration takes: it starts from the box's ``2**d`` corners.
+MAX_INPUTS = 16
+
+
+def _corners(d: int) -> np.ndarray:
+    if d > MAX_INPUTS:
+        raise NNInvError(
+            f"mode='exact' enumerates polytopes by their vertices, starting from the box's "
+            f"2^{d} corners; {d} inputs is above its limit of {MAX_INPUTS}: use mode='under' "
+            "or mode='over'"
+        )
+    return ((np.arange(2**d)[:, None] >> np.arange(d)) & 1).astype(np.float64)
 
 
 def _volume(A: np.ndarray, b: np.ndarray, V: np.ndarray) -> float:

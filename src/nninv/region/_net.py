@@ -1,8 +1,9 @@
 """A piecewise-linear network as float64 matrices on the unit cube of the box.
 
 The model is analysed into its chain (:mod:`nninv.model.chain`): affine blocks
-(Linear, Conv, average pooling, BatchNorm in eval, reshapes) and ReLU or leaky
-ReLU activations. The input box ``[lo, hi]`` is mapped onto ``[0, 1]^d`` (``x = lo
+(Linear, Conv, average pooling, BatchNorm in eval, reshapes), ReLU or leaky
+ReLU activations, and max pooling, rewritten exactly as extra ReLU layers
+(:mod:`nninv.model.pooling`). The input box ``[lo, hi]`` is mapped onto ``[0, 1]^d`` (``x = lo
 + s u``) and folded into the first affine map, so every polytope, LP and volume
 works on well-scaled coordinates; :meth:`PLNet.to_x` maps constraints back.
 """
@@ -20,8 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import NNInvError
-from ..model.chain import Affine, Elementwise, analyse
+from ..model.chain import Affine, Elementwise, Unsupported, analyse
 from ..model.layers import set_input_shape
+from ..model.pooling import MAXPOOL, maxpool_after
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,40 @@ def _rowwise(model: nn.Module, shape: tuple[int, ...], d: int) -> nn.Module | No
     return row
 
 
+@dataclass
+class _Builder:
+    """The layers read so far and the affine map ``W h + c`` since the last activation."""
+
+    W: np.ndarray
+    c: np.ndarray
+    nonneg_source: bool  # the ``h`` that W acts on is >= 0
+    Ws: list[np.ndarray]
+    cs: list[np.ndarray]
+    slopes: list[float]
+
+    def activation(self, slope: float) -> None:
+        self.Ws.append(self.W)
+        self.cs.append(self.c)
+        self.slopes.append(slope)
+        self.W, self.c = np.eye(self.W.shape[0]), np.zeros(self.W.shape[0])
+        self.nonneg_source = slope == 0.0
+
+    def maxpool(self, step: Unsupported) -> None:
+        layers, W_out, c_out = maxpool_after(step, self.W, self.c, self.nonneg_source)
+        for W, c in layers:
+            self.W, self.c = W, c
+            self.activation(0.0)
+        self.W, self.c = W_out, c_out
+
+
 def as_plnet(model: nn.Module, box: Any) -> PLNet:
     """Read ``model`` and ``box`` into a :class:`PLNet`.
 
     A model whose declared input is ``(..., k)`` and whose layers all act on the
     last axis (Linear and activations only; auto_park declares ``(batch, 2, 2)``)
     maps every row alike: a box of ``k`` rows is then the region of one row.
+    Max pooling (1-3-D, adaptive, any kernel, stride, padding, dilation and
+    ``ceil_mode``) becomes extra ReLU layers (:mod:`nninv.model.pooling`).
 
     Raises
     ------
@@ -132,33 +162,27 @@ def as_plnet(model: nn.Module, box: Any) -> PLNet:
             chain = analyse(row)
             shape = chain.input_shape
     lo, hi = _box(box, chain.n_in, shape)
-    Ws: list[np.ndarray] = []
-    cs: list[np.ndarray] = []
-    slopes: list[float] = []
-    W = np.eye(chain.n_in)
-    c = np.zeros(chain.n_in)
+    n = chain.n_in
+    build = _Builder(np.eye(n), np.zeros(n), bool((lo >= 0).all()), [], [], [])
     for step in chain.steps:
         if isinstance(step, Affine):
-            A, b = step.matrix(torch.float64)
-            W, c = A.numpy() @ W, A.numpy() @ c + b.numpy()
+            A, b = (t.numpy() for t in step.matrix(torch.float64))
+            build.W, build.c = A @ build.W, A @ build.c + b
         elif isinstance(step, Elementwise) and (
             step.act.name == "relu" or step.act.name.startswith("leaky_relu")
         ):
-            mod = step.layer.module
-            slopes.append(float(getattr(mod, "negative_slope", 0.0)))
-            Ws.append(W)
-            cs.append(c)
-            W, c = np.eye(W.shape[0]), np.zeros(W.shape[0])
+            build.activation(float(getattr(step.layer.module, "negative_slope", 0.0)))
+        elif isinstance(step, Unsupported) and type(step.layer.module) in MAXPOOL:
+            build.maxpool(step)
         else:
             raise NNInvError(
                 f"decision regions need a piecewise-linear network (Linear, Conv, ReLU, "
-                f"LeakyReLU, average pooling, BatchNorm in eval, reshapes); "
+                f"LeakyReLU, max or average pooling, BatchNorm in eval, reshapes); "
                 f"{step.label()} is not one of them"
             )
-    Ws.append(W)
-    cs.append(c)
+    Ws, cs = [*build.Ws, build.W], [*build.cs, build.c]
     s = hi - lo
     Ws[0], cs[0] = Ws[0] * s, cs[0] + Ws[0] @ lo
     if not all(math.isfinite(float(np.abs(w).sum())) for w in Ws):
         raise NNInvError("the network's weights are not finite")
-    return PLNet(tuple(Ws), tuple(cs), tuple(slopes), lo, hi)
+    return PLNet(tuple(Ws), tuple(cs), tuple(build.slopes), lo, hi)
