@@ -193,7 +193,7 @@ def draw(r: Any, model: torch.nn.Module, out_set: Any, path: Path, at: np.ndarra
         ax.set_xlim(box[i, 0], box[i, 1])
         ax.set_ylim(box[j, 0], box[j, 1])
     fig.suptitle(
-        f"{r.mode} region: {len(r.polytopes)} polytopes, share {r.share:.3f},\n"
+        f"{r.mode} region: {plural(len(r.polytopes), 'polytope')}, share {r.share:.3f},\n"
         f"coverage {r.coverage:.3f}{'' if r.certified else ' (sampled)'}; "
         f"blue: the model's answer",
         fontsize=10 if cols == 1 else 12,

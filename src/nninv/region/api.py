@@ -136,7 +136,7 @@ def region(
     Parameters
     ----------
     model : torch.nn.Module, path, or fitted scikit-learn MLP
-        A piecewise-linear network (Linear, Conv, ReLU, LeakyReLU, average pooling,
+        A piecewise-linear network (Linear, Conv, ReLU, LeakyReLU, max and average pooling,
         BatchNorm in eval, reshapes) with a flat input of ``d`` values. A model
         whose layers all act on the last axis of a ``(..., k)`` input (auto_park,
         declared ``(batch, 2, 2)``) is read as the map of one ``k``-vector: give a
