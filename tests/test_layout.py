@@ -94,6 +94,7 @@ LAYERS = {
     "datasets": 0,
     "metrics": 0,
     "model": 1,
+    "bounds": 1,
     "priors": 2,
     "learned": 2,
     "invertible": 2,

@@ -1,6 +1,6 @@
 """Exact MILP search for an input in a box whose output meets ``A y <= b`` (HiGHS).
 
-The network is the float64 :class:`~nninv.geometry._crown.Layers`; with
+The network is the float64 :class:`~nninv.bounds.Layers`; with
 bounds ``l <= z <= u`` on every hidden pre-activation over the box, a stable
 neuron is linear and an unstable one ``h = max(z, a z)`` gets one binary
 ``delta`` and the big-M rows
@@ -30,8 +30,8 @@ import numpy as np
 import scipy.sparse as sp
 from torch import Tensor
 
+from ..bounds import Layers
 from ..highs import quiet_highs
-from ._crown import Layers
 
 if TYPE_CHECKING:
     from highspy import Highs

@@ -7,7 +7,7 @@ For each case of the property and each polyhedron of its output set, in order:
 1. a projected-gradient attack on the box, minimising ``max(A y - b)``
    (``sat`` as soon as the model confirms a point);
 2. bound propagation (interval arithmetic and CROWN's linear relaxation,
-   :mod:`nninv.geometry._crown`; alpha-CROWN on what is left): a polyhedron
+   :mod:`nninv.bounds`; alpha-CROWN on what is left): a polyhedron
    with a row whose lower bound over the box exceeds its right-hand side is
    unreachable;
 3. for the polyhedra still open, the bounds of the later layers tightened by
@@ -40,12 +40,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..bounds import Layers, alpha_crown, crown, layer_bounds
 from ..errors import NNInvError
 from ..model.chain import Affine, Unsupported, analyse, eval_mode
 from ..model.pooling import MAXPOOL, maxpool_after
 from ..targets import OutputSet
 from ..vnnlib import Case, Property, read
-from ._crown import Layers, alpha_crown, crown, layer_bounds
 from ._feasibility import search, tighten
 from ._inputs import model_kind, pl_slope
 

@@ -3,7 +3,7 @@
 The unit cube is split into boxes (a priority queue, the box whose polytope
 misses the most sampled region points first, split across the axis that gains
 most). On each box ``S``, CROWN bounds each output constraint ``G_r y - g_r``
-by an affine function of the input (:mod:`._linear`):
+by an affine function of the input (:func:`nninv.bounds.linear_bound`):
 
 - under: with ``upper_r(u) >= G_r y(u) - g_r`` on ``S``, the polytope
   ``{u in S : upper_r(u) <= 0 for every row r}`` lies inside the region *by
@@ -28,9 +28,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from ..bounds import layer_bounds, linear_bound
 from ._geom import MAX_EXACT_DIM, TOL, estimate_volume, vertices, volume
-from ._linear import linear_bounds, pre_bounds
 from ._net import PLNet
 
 
@@ -51,20 +52,27 @@ def _polys(
     lo: np.ndarray,
     hi: np.ndarray,
     outer: bool,
-) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """The polytopes of one box: the best part's (inner), or every part's (outer)."""
-    bounds = pre_bounds(net, lo, hi)
-    out = []
+) -> list[list[tuple[np.ndarray, np.ndarray, int]]]:
+    """The polytopes of boxes ``lo[j] <= u <= hi[j]`` (shape ``(B, d)``), one batch.
+
+    Per box, ``(A, b, part)`` for every part whose polytope is not empty on the box.
+    """
+    layers = net.layers
+    bounds = layer_bounds(layers, torch.from_numpy(lo), torch.from_numpy(hi))
+    out: list[list[tuple[np.ndarray, np.ndarray, int]]] = [[] for _ in range(len(lo))]
     for i, (G, g) in enumerate(parts):
         if G.shape[0] == 0:
-            out.append((np.zeros((0, net.d)), np.zeros(0), i))
+            for polys in out:
+                polys.append((np.zeros((0, net.d)), np.zeros(0), i))
             continue
-        A, a0, _ = linear_bounds(net, lo, hi, G, g, upper=not outer, bounds=bounds)
+        At, at0 = linear_bound(
+            layers, len(layers.slopes), torch.from_numpy(G), bounds, upper=not outer
+        )
+        A, a0 = At.numpy(), at0.numpy() - g
         # {A u + a0 <= 0}: empty on the box if some row is positive everywhere.
-        mins = a0 + np.minimum(A * lo, A * hi).sum(axis=1)
-        if np.any(mins > 0):
-            continue
-        out.append((A, -a0, i))
+        mins = a0 + np.minimum(A * lo[:, None], A * hi[:, None]).sum(axis=2)
+        for j in np.flatnonzero(~np.any(mins > 0, axis=1)):
+            out[j].append((A[j], -a0[j], i))
     return out
 
 
@@ -83,8 +91,7 @@ def _boxed(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray):
     )
 
 
-def _leaf(net, parts, lo, hi, idx, U, R, outer, exact_vol) -> Leaf:
-    polys = _polys(net, parts, lo, hi, outer)
+def _leaf(polys, lo, hi, idx, U, R, outer, exact_vol) -> Leaf:
     if not outer and len(polys) > 1:
         # Inner: one polytope per box, the part that covers most samples.
         counts = [int(_inside(U[idx], [p]).sum()) for p in polys]
@@ -143,7 +150,9 @@ def approximate(
     n_region = int(R.sum())
     tie = itertools.count()
     exact_vol = region_volume is not None and d <= MAX_EXACT_DIM
-    root = _leaf(net, parts, np.zeros(d), np.ones(d), np.arange(n_samples), U, R, outer, exact_vol)
+    zero, one = np.zeros(d), np.ones(d)
+    root_polys = _polys(net, parts, zero[None], one[None], outer)[0]
+    root = _leaf(root_polys, zero, one, np.arange(n_samples), U, R, outer, exact_vol)
     heap = [(_neg(_score(root, outer)), next(tie), root)]
     status = "target"
     splits = 0
@@ -202,15 +211,22 @@ def _best_split(
     exact_vol: bool,
 ) -> tuple[tuple[float, float], Leaf, Leaf]:
     """The halving of ``leaf`` (along each axis, longest first) with the best score gain."""
-    best = None
-    for k in np.argsort(-(leaf.hi - leaf.lo)):
+    axes = np.argsort(-(leaf.hi - leaf.lo))
+    los, his = [], []
+    for k in axes:
         mid = (leaf.lo[k] + leaf.hi[k]) / 2
         hi1, lo2 = leaf.hi.copy(), leaf.lo.copy()
         hi1[k], lo2[k] = mid, mid
+        los += [leaf.lo, lo2]
+        his += [hi1, leaf.hi]
+    polys = _polys(net, parts, np.stack(los), np.stack(his), outer)
+    best = None
+    for j, k in enumerate(axes):
+        mid = his[2 * j][k]
         left = leaf.idx[U[leaf.idx, k] <= mid]
         right = leaf.idx[U[leaf.idx, k] > mid]
-        one = _leaf(net, parts, leaf.lo, hi1, left, U, R, outer, exact_vol)
-        two = _leaf(net, parts, lo2, leaf.hi, right, U, R, outer, exact_vol)
+        one = _leaf(polys[2 * j], los[2 * j], his[2 * j], left, U, R, outer, exact_vol)
+        two = _leaf(polys[2 * j + 1], los[2 * j + 1], his[2 * j + 1], right, U, R, outer, exact_vol)
         s0, s1, s2 = _score(leaf, outer), _score(one, outer), _score(two, outer)
         gain = (s0[0] - s1[0] - s2[0], s0[1] - s1[1] - s2[1])
         if best is None or gain > best[0]:

@@ -14,12 +14,14 @@ __all__ = ["PLNet", "as_plnet"]
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..bounds import Layers
 from ..errors import NNInvError
 from ..model.chain import Affine, Elementwise, Unsupported, analyse
 from ..model.layers import set_input_shape
@@ -39,6 +41,15 @@ class PLNet:
     slopes: tuple[float, ...]
     lo: np.ndarray
     hi: np.ndarray
+
+    @cached_property
+    def layers(self) -> Layers:
+        """The same network as torch float64 :class:`~nninv.bounds.Layers` (on ``u``)."""
+        return Layers(
+            [torch.from_numpy(W) for W in self.weights],
+            [torch.from_numpy(c) for c in self.biases],
+            list(self.slopes),
+        )
 
     @property
     def d(self) -> int:
