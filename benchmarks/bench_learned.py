@@ -210,6 +210,25 @@ def part_b(args, checks: list[tuple[bool, str]]) -> None:
     print(f"  (real test images: judge {real:.3f})")
 
 
+def _posterior_figure(path: str, X, labels, samples, rmax: float, rows: int = 4, cols: int = 8):
+    """README's figure: each row a test digit, then posterior samples with its exact output."""
+    from nninv.figures import save_grid
+
+    grid, captions = {}, {}
+    for i in range(min(rows, len(X))):
+        name = f"test #{i}: digit {int(labels[i])}"
+        grid[name] = torch.cat([X[i : i + 1], samples[i, :cols]]).float().cpu()
+        captions[name] = ["the digit"] + [f"sample {j + 1}" for j in range(cols)]
+    out = save_grid(
+        grid,
+        path,
+        image_shape=(28, 28),
+        title=f"posterior samples with the digit's exact output (max residual {rmax:.1g})",
+        captions=captions,
+    )
+    print(f"  wrote {out}")
+
+
 def part_c(args, checks: list[tuple[bool, str]]) -> None:
     """Posterior samples on the seed's model: exact, diverse, recognised."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -263,6 +282,8 @@ def part_c(args, checks: list[tuple[bool, str]]) -> None:
         f"  mean pairwise distance {div:.3f} (real test digits of the same class {real_div:.3f}, "
         f"ratio {div / real_div:.2f}); judge recognises {rec:.3f} as the target's class"
     )
+    if args.figure:
+        _posterior_figure(args.figure, Xte, labels, post.x.reshape(n_t, n_s, 784), rmax)
     checks.append((rmax <= TARGETS["residual"], f"posterior: max residual {rmax:.1e} <= 1e-5"))
     checks.append(
         (div >= 0.5 * real_div, f"posterior: diversity ratio {div / real_div:.2f} >= 0.5")
@@ -278,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", type=int, default=64, help="(c) targets (64)")
     parser.add_argument("--samples", type=int, default=16, help="(c) samples per target (16)")
     parser.add_argument("--flow-epochs", type=int, default=12, help="(c) flow epochs (12)")
+    parser.add_argument("--figure", help="(c) write the posterior figure here (PNG)")
     parser.add_argument("--n", type=int, default=10_000, help="(a) test outputs (10000)")
     parser.add_argument("--n-deep", type=int, default=256, help="(b) test outputs (256)")
     parser.add_argument("--epochs", type=int, default=30, help="decoder epochs (30)")
