@@ -322,3 +322,38 @@ def test_default_explorer_trains_its_decoder_in_the_background():
     assert ex.decoder is not None
     assert view.inversions["decoder"].x is not None  # attached to the views already built
     assert "decoder" in ex.view_image(1).inversions
+
+
+_STOP_WHILE_BUSY = """
+import sys, threading, time, types
+import torch
+import nninv.cli.explore as ce
+import nninv.explorer as ex
+
+def work():  # autograd in a background thread, as an inversion runs after a select
+    a = torch.randn(400, 400, dtype=torch.float64, requires_grad=True)
+    while True:
+        (a @ a).sum().backward()
+
+def serve(app, host, port):  # the server is stopped (Ctrl-C) while the thread works
+    threading.Thread(target=work, name="nninv-inversions", daemon=True).start()
+    time.sleep(0.5)
+
+ex.serve, ex.create_app = serve, lambda explorer: None
+ce.build, ce._have_web = (lambda args: None), (lambda: True)
+print("busy before:", ex.busy())
+sys.exit(ce.run(types.SimpleNamespace(host="127.0.0.1", port=0)))
+"""
+
+
+def test_stopping_the_server_during_background_work_exits_cleanly():
+    """Interpreter teardown under a running autograd thread aborted the process (rc 134)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _STOP_WHILE_BUSY], capture_output=True, text=True, timeout=120
+    )
+    assert "busy before: False" in done.stdout
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "terminate called" not in done.stderr

@@ -13,6 +13,8 @@ __all__ = ["add_parser", "run"]
 
 import argparse
 import importlib.util
+import os
+import sys
 from typing import Any
 
 from ..errors import NNInvError
@@ -120,11 +122,18 @@ def run(args: argparse.Namespace) -> int:
     """Build the explorer and serve it until interrupted; return the exit status."""
     if not _have_web():
         raise NNInvError(INSTALL_HINT)
-    from ..explorer import create_app, serve
+    from ..explorer import busy, create_app, serve
 
     explorer = build(args)
     app = create_app(explorer)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"nninv explore: serving on http://{host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     serve(app, args.host, args.port)
+    if busy():
+        # torch work still runs in a background thread (an inversion, the decoder's
+        # training): tearing the interpreter down under it aborts the process
+        # ("terminate called without an active exception"), so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = ["Explorer", "View", "create_app", "default_explorer", "explorer_for", "serve"]
 
+import threading
 from typing import Any
 
 from ._setup import default_explorer, explorer_for
@@ -33,3 +34,8 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8765, log_level: str = 
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def busy() -> bool:
+    """Whether an explorer background thread (an inversion, the decoder's training) runs."""
+    return any(t.name.startswith("nninv-") and t.is_alive() for t in threading.enumerate())
