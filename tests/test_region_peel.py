@@ -87,7 +87,7 @@ def test_a_missing_complement_piece_is_caught_by_the_sample_check():
     kept = comp.pieces[::2]
     rng = np.random.default_rng(1)
     for pieces, bad in ((comp.pieces, False), (kept, True)):
-        raw, _ = peel(inside.pieces, pieces, vol, X, target=0.99, max_polytopes=50,
+        raw, _ = peel(pieces, vol, X, target=0.99, max_polytopes=50,
                       time_limit=60, seed=0)  # fmt: skip
         pts = []
         for A, b, _, V, _ in raw:  # uniform points of each polytope, by rejection

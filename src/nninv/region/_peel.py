@@ -170,7 +170,6 @@ def _carve(
 
 
 def peel(
-    region_pieces: list[Piece],
     comp_pieces: list[Piece],
     region_volume: float,
     X: np.ndarray,

@@ -339,7 +339,6 @@ def _approximate_mode(
         peeled = _peel_mode(
             net,
             parts,
-            e,
             region_volume,
             budget,
             t0,
@@ -383,7 +382,6 @@ def _approximate_mode(
 def _peel_mode(
     net: PLNet,
     parts: list[tuple[np.ndarray, np.ndarray]],
-    e: Enumeration,
     region_volume: float,
     budget: float,
     t0: float,
@@ -411,7 +409,6 @@ def _peel_mode(
     U = rng.random((n_samples, net.d))
     X = U[_in_parts(net.forward_u(U), parts)]
     raw, stats = peel(
-        e.pieces,
         c.pieces,
         region_volume,
         X,
