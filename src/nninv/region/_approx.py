@@ -40,6 +40,8 @@ from ._slopes import covering_bounds
 
 #: region samples per box that steer the choice of the relaxation (inner mode)
 MAX_POINTS = 400
+#: where a box may be cut, as shares of its width (halving first)
+CUTS = (0.5,)
 #: inner: boxes split up to this many times the polytope budget (the largest kept)
 SPARE = 2.0
 
@@ -291,27 +293,26 @@ def _best_split(
     outer: bool,
     exact_vol: bool,
 ) -> tuple[tuple[float, float], Leaf, Leaf]:
-    """The halving of ``leaf`` (along each axis, longest first) with the best score gain."""
-    axes = np.argsort(-(leaf.hi - leaf.lo))
-    los, his = [], []
-    for k in axes:
-        mid = (leaf.lo[k] + leaf.hi[k]) / 2
+    """The cut of ``leaf`` (along each axis, longest first, at :data:`CUTS`) that gains most."""
+    cuts = [(k, f) for f in CUTS for k in np.argsort(-(leaf.hi - leaf.lo))]
+    los, his, idxs = [], [], []
+    for k, f in cuts:
+        mid = leaf.lo[k] + f * (leaf.hi[k] - leaf.lo[k])
         hi1, lo2 = leaf.hi.copy(), leaf.lo.copy()
         hi1[k], lo2[k] = mid, mid
         los += [leaf.lo, lo2]
         his += [hi1, leaf.hi]
-    idxs = []
-    for j, k in enumerate(axes):
-        mid = his[2 * j][k]
         idxs += [leaf.idx[U[leaf.idx, k] <= mid], leaf.idx[U[leaf.idx, k] > mid]]
     pts = [_region_points(i, U, R) for i in idxs]
     polys = _polys(net, parts, np.stack(los), np.stack(his), outer, pts)
     best = None
-    for j in range(len(axes)):
-        left, right = idxs[2 * j], idxs[2 * j + 1]
-        one = _leaf(polys[2 * j], los[2 * j], his[2 * j], left, U, R, outer, exact_vol)
-        two = _leaf(polys[2 * j + 1], los[2 * j + 1], his[2 * j + 1], right, U, R, outer, exact_vol)
-        s0, s1, s2 = _score(leaf, outer), _score(one, outer), _score(two, outer)
+    s0 = _score(leaf, outer)
+    for j in range(len(cuts)):
+        one, two = (
+            _leaf(polys[i], los[i], his[i], idxs[i], U, R, outer, exact_vol)
+            for i in (2 * j, 2 * j + 1)
+        )
+        s1, s2 = _score(one, outer), _score(two, outer)
         gain = (s0[0] - s1[0] - s2[0], s0[1] - s1[1] - s2[1])
         if best is None or gain > best[0]:
             best = (gain, one, two)
