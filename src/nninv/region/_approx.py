@@ -7,7 +7,10 @@ by an affine function of the input (:func:`nninv.bounds.linear_bound`):
 
 - under: with ``upper_r(u) >= G_r y(u) - g_r`` on ``S``, the polytope
   ``{u in S : upper_r(u) <= 0 for every row r}`` lies inside the region *by
-  construction*: ``G_r y(u) - g_r <= upper_r(u) <= 0``;
+  construction*: ``G_r y(u) - g_r <= upper_r(u) <= 0``. Which valid relaxation
+  gives ``upper_r`` is chosen per box to hold most of the box's sampled region
+  points (:mod:`._slopes`); the boxes are split up to ``SPARE`` times the
+  polytope budget and the largest polytopes within the budget are kept;
 - over: with ``lower_r(u) <= G_r y(u) - g_r`` on ``S``, the polytope
   ``{u in S : lower_r(u) <= 0 for every r}`` contains every region point
   of ``S``, since ``lower_r(u) <= G_r y(u) - g_r <= 0`` there.
@@ -33,6 +36,17 @@ import torch
 from ..bounds import layer_bounds, linear_bound
 from ._geom import MAX_EXACT_DIM, TOL, estimate_volume, vertices, volume
 from ._net import PLNet
+from ._slopes import covering_bounds
+
+#: region samples per box that steer the choice of the relaxation (inner mode)
+MAX_POINTS = 400
+#: inner: alpha-CROWN steps on the hidden layers' bounds of every box (tighter
+#: bounds of the unstable neurons give tighter, larger polytopes)
+LAYER_ALPHA = 10
+#: where a box may be cut, as shares of its width (halving first)
+CUTS = (0.5,)
+#: inner: boxes split up to this many times the polytope budget (the largest kept)
+SPARE = 2.0
 
 
 @dataclass
@@ -52,28 +66,65 @@ def _polys(
     lo: np.ndarray,
     hi: np.ndarray,
     outer: bool,
+    pts: list[np.ndarray] | None = None,
 ) -> list[list[tuple[np.ndarray, np.ndarray, int]]]:
     """The polytopes of boxes ``lo[j] <= u <= hi[j]`` (shape ``(B, d)``), one batch.
 
     Per box, ``(A, b, part)`` for every part whose polytope is not empty on the box.
+    With ``pts`` (inner only), the region samples of each box: the hidden layers'
+    bounds are tightened by alpha-CROWN and the relaxation is chosen to hold as
+    many of the points as it can (:mod:`._slopes`).
     """
     layers = net.layers
-    bounds = layer_bounds(layers, torch.from_numpy(lo), torch.from_numpy(hi))
+    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
+    bounds = layer_bounds(layers, lo_t, hi_t)
+    if LAYER_ALPHA and pts is not None and not outer and len(layers.slopes) > 1:
+        some = torch.tensor([len(p) > 0 for p in pts])  # boxes with region points
+        if bool(some.any()):
+            sub = [(l[some], u[some]) for l, u in bounds]
+            sub = layer_bounds(layers, lo_t[some], hi_t[some], alpha_steps=LAYER_ALPHA, start=sub)
+            for (l, u), (ls, us) in zip(bounds, sub):
+                l[some], u[some] = ls, us
+    P = M = None
+    if pts is not None and not outer:
+        P, M = _padded(pts, net.d)
     out: list[list[tuple[np.ndarray, np.ndarray, int]]] = [[] for _ in range(len(lo))]
     for i, (G, g) in enumerate(parts):
         if G.shape[0] == 0:
             for polys in out:
                 polys.append((np.zeros((0, net.d)), np.zeros(0), i))
             continue
-        At, at0 = linear_bound(
-            layers, len(layers.slopes), torch.from_numpy(G), bounds, upper=not outer
-        )
-        A, a0 = At.numpy(), at0.numpy() - g
+        if P is not None and M is not None:
+            A, a0 = covering_bounds(layers, bounds, torch.from_numpy(G), torch.from_numpy(g), P, M)
+        else:
+            At, at0 = linear_bound(
+                layers, len(layers.slopes), torch.from_numpy(G), bounds, upper=not outer
+            )
+            A, a0 = At.numpy(), at0.numpy() - g
         # {A u + a0 <= 0}: empty on the box if some row is positive everywhere.
         mins = a0 + np.minimum(A * lo[:, None], A * hi[:, None]).sum(axis=2)
         for j in np.flatnonzero(~np.any(mins > 0, axis=1)):
             out[j].append((A[j], -a0[j], i))
     return out
+
+
+def _padded(pts: list[np.ndarray], d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point sets of different sizes as one ``(B, M, d)`` tensor and its mask."""
+    m = max(1, max(len(p) for p in pts))
+    P = np.zeros((len(pts), m, d))
+    M = np.zeros((len(pts), m), dtype=bool)
+    for j, p in enumerate(pts):
+        P[j, : len(p)] = p
+        M[j, : len(p)] = True
+    return torch.from_numpy(P), torch.from_numpy(M)
+
+
+def _region_points(idx: np.ndarray, U: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """The region samples among ``U[idx]``, at most :data:`MAX_POINTS` (evenly spread)."""
+    sel = idx[R[idx]]
+    if len(sel) > MAX_POINTS:
+        sel = sel[np.linspace(0, len(sel) - 1, MAX_POINTS).astype(int)]
+    return U[sel]
 
 
 def _inside(U: np.ndarray, polys: list[tuple[np.ndarray, np.ndarray, int]]) -> np.ndarray:
@@ -147,58 +198,105 @@ def approximate(
     R = np.zeros(n_samples, dtype=bool)
     for G, g in parts:
         R |= np.all(Y @ G.T <= g, axis=1) if G.shape[0] else True
+    # inner: exact volumes wherever qhull works, measured against the exact region
+    # volume or else the sampled one (the coverage the caller reports)
+    exact_vol = d <= MAX_EXACT_DIM and (region_volume is not None or not outer)
     n_region = int(R.sum())
-    tie = itertools.count()
-    exact_vol = region_volume is not None and d <= MAX_EXACT_DIM
-    zero, one = np.zeros(d), np.ones(d)
-    root_polys = _polys(net, parts, zero[None], one[None], outer)[0]
-    root = _leaf(root_polys, zero, one, np.arange(n_samples), U, R, outer, exact_vol)
-    heap = [(_neg(_score(root, outer)), next(tie), root)]
-    status = "target"
-    splits = 0
-
-    def done() -> bool:
-        if exact_vol:
-            assert region_volume is not None
-            vol = sum(x[2].vol for x in heap)
-            if outer:
-                return region_volume >= target * vol
-            return vol >= target * region_volume
-        hit = sum(x[2].hit for x in heap)
-        if outer:
-            return n_region >= target * hit if hit else True
-        return hit >= target * n_region
-
-    def n_polys() -> int:
-        return sum(len(x[2].polys) for x in heap if x[2].hit or x[2].vol > 0 or outer)
-
-    while not done():
-        if time.perf_counter() - t0 > time_limit:
-            status = "time_limit"
+    s = _Search(net, parts, U, R, outer, exact_vol, max_polytopes)
+    region_vol = region_volume if region_volume is not None else n_region / n_samples
+    goal, rounds = target, 0
+    while True:
+        status = s.grow(goal, region_vol, t0 + time_limit)
+        out = _polytopes(s.kept(), outer, d, U, rng)
+        got = sum(p[4] for p in out) / region_vol if region_vol > 0 else 1.0
+        # inner, estimated volumes: the samples said the target was met, the volumes
+        # that will be reported may disagree; split on for the shortfall
+        if outer or exact_vol or status != "target" or got >= target or goal > 1:
             break
-        if n_polys() + len(parts) > max_polytopes:
-            status = "budget"  # one more split could pass the budget
-            break
-        score, _, leaf = heapq.heappop(heap)
-        if -score[0] <= 0 and (not exact_vol or -score[1] <= 1e-12):
-            heapq.heappush(heap, (score, next(tie), leaf))
-            status = "stalled"
-            break
-        best = _best_split(net, parts, leaf, U, R, outer, exact_vol)
-        for child in best[1:]:
-            heapq.heappush(heap, (_neg(_score(child, outer)), next(tie), child))
-        splits += 1
-    leaves = [x[2] for x in heap]
-    out = _polytopes(leaves, outer, d, U, rng)
+        if got < target - 0.05 or rounds == 3:
+            break  # the estimates disagree by more than their noise: trust neither further
+        goal += target - got + 1e-3
+        rounds += 1
     stats = {
-        "splits": splits,
-        "boxes": len(leaves),
+        "splits": s.splits,
+        "boxes": len(s.heap),
         "samples": n_samples,
         "region_samples": n_region,
         "status": status,
         "seconds": time.perf_counter() - t0,
     }
     return out, stats
+
+
+class _Search:
+    """The boxes (a priority queue of leaves) and the rules to split them."""
+
+    def __init__(
+        self,
+        net: PLNet,
+        parts: list[tuple[np.ndarray, np.ndarray]],
+        U: np.ndarray,
+        R: np.ndarray,
+        outer: bool,
+        exact_vol: bool,
+        max_polytopes: int,
+    ) -> None:
+        self.net, self.parts, self.U, self.R = net, parts, U, R
+        self.outer, self.exact_vol = outer, exact_vol
+        d = net.d
+        zero, one = np.zeros(d), np.ones(d)
+        idx = np.arange(len(U))
+        polys = _polys(net, parts, zero[None], one[None], outer, [_region_points(idx, U, R)])[0]
+        root = _leaf(polys, zero, one, idx, U, R, outer, exact_vol)
+        self.tie = itertools.count()
+        self.heap = [(_neg(_score(root, outer)), next(self.tie), root)]
+        self.splits = 0
+        self.keep = max_polytopes  # inner: one polytope per leaf, the largest kept
+        # inner: split past the budget, as the smallest polytopes are dropped at the end
+        self.cap = max_polytopes if outer else int(SPARE * max_polytopes)
+
+    def kept(self) -> list[Leaf]:
+        """Inner: the leaves whose polytopes are kept (the ``keep`` largest); outer: all."""
+        leaves = [x[2] for x in self.heap]
+        if self.outer:
+            return leaves
+        full = [lf for lf in leaves if lf.hit or lf.vol > 0]
+        return sorted(full, key=lambda lf: (lf.vol, lf.hit), reverse=True)[: self.keep]
+
+    def done(self, target: float, region_vol: float) -> bool:
+        leaves = self.kept()
+        if self.exact_vol:
+            vol = sum(lf.vol for lf in leaves)
+            if self.outer:
+                return region_vol >= target * vol
+            return vol >= target * region_vol
+        hit = sum(lf.hit for lf in leaves)
+        n_region = int(self.R.sum())
+        if self.outer:
+            return n_region >= target * hit if hit else True
+        return hit >= target * n_region
+
+    def n_polys(self) -> int:
+        return sum(len(x[2].polys) for x in self.heap if x[2].hit or x[2].vol > 0 or self.outer)
+
+    def grow(self, target: float, region_vol: float, deadline: float) -> str:
+        """Split until ``target`` is met (``"target"``), or another status."""
+        while not self.done(target, region_vol):
+            if time.perf_counter() > deadline:
+                return "time_limit"
+            if self.n_polys() + len(self.parts) > self.cap:
+                return "budget"  # one more split could pass the budget
+            score, _, leaf = heapq.heappop(self.heap)
+            if -score[0] <= 0 and (not self.exact_vol or -score[1] <= 1e-12):
+                heapq.heappush(self.heap, (score, next(self.tie), leaf))
+                return "stalled"
+            best = _best_split(
+                self.net, self.parts, leaf, self.U, self.R, self.outer, self.exact_vol
+            )
+            for child in best[1:]:
+                heapq.heappush(self.heap, (_neg(_score(child, self.outer)), next(self.tie), child))
+            self.splits += 1
+        return "target"
 
 
 def _best_split(
@@ -210,24 +308,26 @@ def _best_split(
     outer: bool,
     exact_vol: bool,
 ) -> tuple[tuple[float, float], Leaf, Leaf]:
-    """The halving of ``leaf`` (along each axis, longest first) with the best score gain."""
-    axes = np.argsort(-(leaf.hi - leaf.lo))
-    los, his = [], []
-    for k in axes:
-        mid = (leaf.lo[k] + leaf.hi[k]) / 2
+    """The cut of ``leaf`` (along each axis, longest first, at :data:`CUTS`) that gains most."""
+    cuts = [(k, f) for f in CUTS for k in np.argsort(-(leaf.hi - leaf.lo))]
+    los, his, idxs = [], [], []
+    for k, f in cuts:
+        mid = leaf.lo[k] + f * (leaf.hi[k] - leaf.lo[k])
         hi1, lo2 = leaf.hi.copy(), leaf.lo.copy()
         hi1[k], lo2[k] = mid, mid
         los += [leaf.lo, lo2]
         his += [hi1, leaf.hi]
-    polys = _polys(net, parts, np.stack(los), np.stack(his), outer)
+        idxs += [leaf.idx[U[leaf.idx, k] <= mid], leaf.idx[U[leaf.idx, k] > mid]]
+    pts = [_region_points(i, U, R) for i in idxs]
+    polys = _polys(net, parts, np.stack(los), np.stack(his), outer, pts)
     best = None
-    for j, k in enumerate(axes):
-        mid = his[2 * j][k]
-        left = leaf.idx[U[leaf.idx, k] <= mid]
-        right = leaf.idx[U[leaf.idx, k] > mid]
-        one = _leaf(polys[2 * j], los[2 * j], his[2 * j], left, U, R, outer, exact_vol)
-        two = _leaf(polys[2 * j + 1], los[2 * j + 1], his[2 * j + 1], right, U, R, outer, exact_vol)
-        s0, s1, s2 = _score(leaf, outer), _score(one, outer), _score(two, outer)
+    s0 = _score(leaf, outer)
+    for j in range(len(cuts)):
+        one, two = (
+            _leaf(polys[i], los[i], his[i], idxs[i], U, R, outer, exact_vol)
+            for i in (2 * j, 2 * j + 1)
+        )
+        s1, s2 = _score(one, outer), _score(two, outer)
         gain = (s0[0] - s1[0] - s2[0], s0[1] - s1[1] - s2[1])
         if best is None or gain > best[0]:
             best = (gain, one, two)
