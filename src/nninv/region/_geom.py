@@ -121,12 +121,28 @@ def volume(V: np.ndarray) -> float:
 
 
 def estimate_volume(
-    A: np.ndarray, b: np.ndarray, V: np.ndarray, rng: np.random.Generator, n: int = 4000
+    A: np.ndarray,
+    b: np.ndarray,
+    V: np.ndarray,
+    rng: np.random.Generator,
+    n: int = 4000,
+    hits: int = 400,
+    max_draws: int = 100_000,
 ) -> float:
-    """Volume of ``{A u <= b}`` (within the bounding box of ``V``) from ``n`` uniform draws."""
+    """Volume of ``{A u <= b}`` (within the bounding box of ``V``) from uniform draws.
+
+    Batches of ``n`` draws until ``hits`` of them fall inside (a relative standard
+    error of about ``1 / sqrt(hits)``) or ``max_draws`` are spent: a thin polytope
+    fills a small share of its bounding box, and a fixed number of draws would
+    often miss it.
+    """
     lo, hi = V.min(axis=0), V.max(axis=0)
-    X = lo + rng.random((n, V.shape[1])) * (hi - lo)
-    return float(np.prod(hi - lo) * np.all(X @ A.T <= b, axis=1).mean())
+    inside = drawn = 0
+    while drawn < max_draws and inside < hits:
+        X = lo + rng.random((n, V.shape[1])) * (hi - lo)
+        inside += int(np.all(X @ A.T <= b, axis=1).sum())
+        drawn += n
+    return float(np.prod(hi - lo) * inside / drawn)
 
 
 def facets(A: np.ndarray, b: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

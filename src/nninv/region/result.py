@@ -85,7 +85,10 @@ class Region:
     status : str
         ``"complete"`` (exact, every polytope found), ``"target"`` (coverage reached),
         ``"budget"`` (polytope budget spent first), ``"stalled"``,
-        ``"region_limit"`` or ``"time_limit"`` (stopped; the polytopes found so far).
+        ``"region_limit"`` or ``"time_limit"`` (stopped; the polytopes found so far),
+        or ``"uncertain"`` (``"under"`` above 6 inputs: the polytopes hold the target
+        share of the sampled region points, but their estimated volumes cover less
+        of the estimated region volume; more ``n_samples`` narrows both).
     seconds : float
     counts : dict
         ``polytopes``, and per mode ``cells``, ``linear_regions``, ``pruned``,
