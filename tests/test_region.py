@@ -316,3 +316,12 @@ def test_volume_estimates_of_thin_polytopes_draw_until_enough_hits():
     for seed in range(5):
         est = estimate_volume(*box, V, np.random.default_rng(seed))
         assert abs(est * 120 - 1) <= 0.15, (seed, est * 120)
+
+
+def test_long_runs_show_progress_on_stderr(capsys):
+    model = _net(2, 3)
+    out_set = OutputSet.from_class(_label(model, 2), 3)
+    nninv.region(model, out_set, _box(2), "under", exact_budget=0, progress=True)
+    assert "region boxes" in capsys.readouterr().err
+    nninv.region(model, out_set, _box(2), "exact", progress=True)
+    assert "region cells" in capsys.readouterr().err

@@ -29,6 +29,7 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -47,6 +48,12 @@ LAYER_ALPHA = 10
 CUTS = (0.5,)
 #: inner: boxes split up to this many times the polytope budget (the largest kept)
 SPARE = 2.0
+
+
+class _Progress(Protocol):
+    """What the search needs of a progress bar (tqdm has it)."""
+
+    def update(self, n: int = 1) -> object: ...
 
 
 @dataclass
@@ -182,8 +189,11 @@ def approximate(
     n_samples: int,
     seed: int,
     region_volume: float | None = None,
+    progress: _Progress | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray, int, np.ndarray, float]], dict]:
     """Polytopes ``(A, b, part, V, volume)`` in unit-cube coordinates, and statistics.
+
+    ``progress`` (a tqdm bar) advances by one per split.
 
     ``target``: inner, the share of the region the polytopes must cover; outer,
     the share of the polytopes that must be region. Measured with exact volumes
@@ -203,6 +213,7 @@ def approximate(
     exact_vol = d <= MAX_EXACT_DIM and (region_volume is not None or not outer)
     n_region = int(R.sum())
     s = _Search(net, parts, U, R, outer, exact_vol, max_polytopes)
+    s.progress = progress
     region_vol = region_volume if region_volume is not None else n_region / n_samples
     goal, rounds = target, 0
     while True:
@@ -251,6 +262,7 @@ class _Search:
         self.tie = itertools.count()
         self.heap = [(_neg(_score(root, outer)), next(self.tie), root)]
         self.splits = 0
+        self.progress: _Progress | None = None
         self.keep = max_polytopes  # inner: one polytope per leaf, the largest kept
         # inner: split past the budget, as the smallest polytopes are dropped at the end
         self.cap = max_polytopes if outer else int(SPARE * max_polytopes)
@@ -296,6 +308,8 @@ class _Search:
             for child in best[1:]:
                 heapq.heappush(self.heap, (_neg(_score(child, self.outer)), next(self.tie), child))
             self.splits += 1
+            if self.progress is not None:
+                self.progress.update(1)
         return "target"
 
 

@@ -174,7 +174,7 @@ def region(
     seed : int
         Seed of every random draw.
     progress : bool
-        A tqdm bar on stderr for the exact enumeration.
+        tqdm bars on stderr: cells of the exact enumeration, splits of the boxes.
 
     Returns
     -------
@@ -290,6 +290,15 @@ def _check_mode(mode: str, target: float) -> None:
         raise NNInvError(f"target must be in (0, 1], got {target}")
 
 
+def _bar(progress: bool, desc: str, unit: str) -> Any:
+    """A tqdm bar on stderr (closed by the caller), or None."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=desc, unit=unit, leave=False)
+
+
 def _run_exact(
     net: PLNet,
     parts: list[tuple[np.ndarray, np.ndarray]],
@@ -297,11 +306,7 @@ def _run_exact(
     limit: float,
     progress: bool,
 ) -> Enumeration:
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="region cells", unit="cell", leave=False)
+    bar = _bar(progress, "region cells", "cell")
     try:
         return enumerate_region(net, parts, max_regions=max_regions, time_limit=limit, progress=bar)
     finally:
@@ -358,17 +363,23 @@ def _approximate_mode(
     if peeled is not None:
         raw, status = peeled
     else:
-        raw, stats = approximate(
-            net,
-            parts,
-            outer=mode == "over",
-            target=float(target),
-            max_polytopes=int(max_polytopes),
-            time_limit=time_limit,
-            n_samples=n_samples,
-            seed=seed,
-            region_volume=region_volume,
-        )
+        bar = _bar(progress, "region boxes", "split")
+        try:
+            raw, stats = approximate(
+                net,
+                parts,
+                outer=mode == "over",
+                target=float(target),
+                max_polytopes=int(max_polytopes),
+                time_limit=time_limit,
+                n_samples=n_samples,
+                seed=seed,
+                region_volume=region_volume,
+                progress=bar,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
         status = stats["status"]
         counts.update(boxes=stats["boxes"], splits=stats["splits"])
         info["strategy"] = "bounds"
