@@ -39,6 +39,9 @@ from ._net import PLNet, as_plnet
 from ._peel import complement_parts, peel
 from .result import Polytope, Region
 
+#: ``info["volumes"]`` above ``MAX_EXACT_DIM`` inputs.
+ESTIMATED = "estimated (uniform draws, 400 hits each)"
+
 #: The modes :func:`region` knows.
 MODES = ("exact", "under", "over")
 
@@ -201,11 +204,7 @@ def region(
     """
     t0 = time.perf_counter()
     _check_mode(mode, target)
-    if isinstance(model, str) or hasattr(model, "__fspath__"):
-        model = load_model(model)
-    module = as_module(model)
-    with eval_mode(module):
-        net = as_plnet(module, box)
+    net = _read(model, box)
     parts = _output_parts(output_set, net)
     d = net.d
     rng = np.random.default_rng(seed)
@@ -241,15 +240,10 @@ def region(
     polys = tuple(_to_polytope(net, p[0], p[1], p[3], p[4], p[2]) for p in raw)
     vol_u = sum(p[4] for p in raw)
     cov, interval, certified = _coverage(mode, vol_u, region_volume, est)
-    if mode == "under" and status == "target" and not cov >= float(target) * (1 - 1e-9):
-        # the polytopes hold the target share of the region's sample points, but
-        # their estimated volumes (above MAX_EXACT_DIM inputs) say less
-        status = "uncertain"
+    status = _checked_status(mode, status, cov, float(target))
     outer_box = _outer_box(polys, d)
     counts["polytopes"] = len(polys)
-    info["volumes"] = (
-        "exact (qhull)" if d <= MAX_EXACT_DIM else "estimated (uniform draws, 400 hits each)"
-    )
+    info["volumes"] = "exact (qhull)" if d <= MAX_EXACT_DIM else ESTIMATED
     return Region(
         mode=mode,
         polytopes=polys,
@@ -269,6 +263,15 @@ def region(
     )
 
 
+def _read(model: Any, box: Any) -> PLNet:
+    """The model (a module, a path, a fitted scikit-learn MLP) on ``box`` as a PLNet."""
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        model = load_model(model)
+    module = as_module(model)
+    with eval_mode(module):
+        return as_plnet(module, box)
+
+
 def _trim(raw: list, target: float, region_volume: float) -> list:
     """Drop the smallest inner polytopes while the rest still cover ``target``."""
     order = sorted(range(len(raw)), key=lambda i: raw[i][4])
@@ -281,6 +284,15 @@ def _trim(raw: list, target: float, region_volume: float) -> list:
         else:
             break
     return [raw[i] for i in sorted(keep)]
+
+
+def _checked_status(mode: str, status: str, cov: float, target: float) -> str:
+    """``"uncertain"`` for an inner run whose reported coverage falls short of a
+    target its sample points said was met (estimated volumes, above
+    ``MAX_EXACT_DIM`` inputs); else ``status``."""
+    if mode == "under" and status == "target" and not cov >= target * (1 - 1e-9):
+        return "uncertain"
+    return status
 
 
 def _check_mode(mode: str, target: float) -> None:
