@@ -99,6 +99,26 @@ def mc_share(model, label, box, n=10**6, seed=11):
     return p, math.sqrt(p * (1 - p) / n)
 
 
+def mc_coverage(model, r, label, box, n=10**6, seed=13):
+    """The share of the region's points among ``n`` uniform draws that ``r`` holds, and
+    the half-width of its 95% interval; a held point outside the region raises."""
+    box = np.asarray(box, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    m = model.double()
+    held = reg = 0
+    for _ in range(n // 100_000):
+        x = torch.from_numpy(box[:, 0] + rng.random((100_000, len(box))) * np.diff(box).T)
+        with torch.no_grad():
+            inside = OutputSet.from_class(label, m(x).shape[1]).contains(m(x)).numpy()
+        h = r.contains(x).numpy()
+        if (h & ~inside).any():
+            raise AssertionError("an inner point outside the region")
+        held, reg = held + int(h.sum()), reg + int(inside.sum())
+    model.float()
+    p = held / reg
+    return p, 1.96 * math.sqrt(p * (1 - p) / reg)
+
+
 def vcas(data: Path, target: float, n_sound: int) -> None:
     print("\nVCAS, label 0, box [-0.5,0.5]^2 x [0.149,0.151] x [-0.5,0.5]; times: median of 3")
     head = (
@@ -169,6 +189,12 @@ def control(data: Path, n_sound: int, exact_limit: float) -> None:
             )
         else:
             est, ex_t, ex_n, cov = "not run", math.nan, 0, f"~{un.coverage:.4f}"
+            held, reg = mc_coverage(model, un, label, box)
+            print(
+                f"  ({name}: coverage on 10^6 independent uniform draws {held:.4f} "
+                f"+- {reg:.4f} (95%); reported {un.coverage:.4f} "
+                f"[{un.coverage_interval[0]:.4f}, {un.coverage_interval[1]:.4f}])"
+            )
         pp, pc, pt = PREMAP[name]
         print(
             f"{name:24} | {target:>6.3f} {len(un.polytopes):>5} {cov:>9} {t_un:>6.2f} {bad:>7} | "

@@ -325,3 +325,25 @@ def test_long_runs_show_progress_on_stderr(capsys):
     assert "region boxes" in capsys.readouterr().err
     nninv.region(model, out_set, _box(2), "exact", progress=True)
     assert "region cells" in capsys.readouterr().err
+
+
+def test_coverage_above_six_inputs_is_measured_on_fresh_points():
+    """Estimated volumes (7 inputs): the reported coverage is the share of fresh
+    region points inside the polytopes, and an independent Monte Carlo agrees."""
+    model = _net(7, 2)
+    out_set = OutputSet.from_class(_label(model, 7), 3)
+    box = _box(7)
+    r = nninv.region(
+        model, out_set, box, "under", target=0.5, max_polytopes=8, time_limit=5, exact_budget=0
+    )
+    assert not r.certified and "fresh_samples" in r.info
+    hits, n = r.info["fresh_samples"]
+    assert r.coverage == pytest.approx(hits / n)
+    lo, hi = r.coverage_interval
+    assert lo < r.coverage < hi
+    x, inside = _monte_carlo(model, out_set, box, 400_000, seed=9)
+    held = r.contains(torch.from_numpy(x)).numpy()
+    assert not (held & ~inside).any()  # no inner point outside the region
+    p = held[inside].mean()
+    se = math.sqrt(p * (1 - p) / inside.sum() + r.coverage * (1 - r.coverage) / n)
+    assert abs(r.coverage - p) <= 4 * se

@@ -240,6 +240,9 @@ def region(
     polys = tuple(_to_polytope(net, p[0], p[1], p[3], p[4], p[2]) for p in raw)
     vol_u = sum(p[4] for p in raw)
     cov, interval, certified = _coverage(mode, vol_u, region_volume, est)
+    if "fresh_samples" in info:  # estimated volumes: the share of fresh region points held
+        cov, lo, hi = _wilson(*info["fresh_samples"])
+        interval = (lo, hi)
     status = _checked_status(mode, status, cov, float(target))
     outer_box = _outer_box(polys, d)
     counts["polytopes"] = len(polys)
@@ -375,28 +378,14 @@ def _approximate_mode(
     if peeled is not None:
         raw, status = peeled
     else:
-        bar = _bar(progress, "region boxes", "split")
-        try:
-            raw, stats = approximate(
-                net,
-                parts,
-                outer=mode == "over",
-                target=float(target),
-                max_polytopes=int(max_polytopes),
-                time_limit=time_limit,
-                n_samples=n_samples,
-                seed=seed,
-                region_volume=region_volume,
-                progress=bar,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        status = stats["status"]
-        counts.update(boxes=stats["boxes"], splits=stats["splits"])
-        info["strategy"] = "bounds"
+        raw, status = _bounds_mode(
+            net, parts, mode == "over", region_volume, counts, info, target=target,
+            max_polytopes=max_polytopes, time_limit=time_limit, n_samples=n_samples,
+            seed=seed, progress=progress,
+        )  # fmt: skip
     if mode == "under":
-        raw = _trim(raw, float(target), region_volume if region_volume else est[0])
+        if "fresh_samples" not in info:  # estimated volumes: the fresh points' coverage holds
+            raw = _trim(raw, float(target), region_volume if region_volume else est[0])
         if recheck:
             how, outside = _recheck(net, parts, raw, budget, seed)
             info["rechecked"] = how
@@ -406,6 +395,46 @@ def _approximate_mode(
                     f"{outside:.3g} outside); please report it"
                 )
     return raw, status, region_volume
+
+
+def _bounds_mode(
+    net: PLNet,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    outer: bool,
+    region_volume: float | None,
+    counts: dict[str, int],
+    info: dict[str, Any],
+    *,
+    target: float,
+    max_polytopes: int,
+    time_limit: float,
+    n_samples: int,
+    seed: int,
+    progress: bool,
+) -> tuple[list, str]:
+    """``"under"``/``"over"`` from linear bounds on boxes (:mod:`._approx`)."""
+    bar = _bar(progress, "region boxes", "split")
+    try:
+        raw, stats = approximate(
+            net,
+            parts,
+            outer=outer,
+            target=float(target),
+            max_polytopes=int(max_polytopes),
+            time_limit=time_limit,
+            n_samples=n_samples,
+            seed=seed,
+            region_volume=region_volume,
+            progress=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    counts.update(boxes=stats["boxes"], splits=stats["splits"])
+    if "fresh" in stats:
+        info["fresh_samples"] = stats["fresh"]
+    info["strategy"] = "bounds"
+    return raw, stats["status"]
 
 
 def _peel_mode(
