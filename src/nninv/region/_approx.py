@@ -209,10 +209,7 @@ def approximate(
     d = net.d
     rng = np.random.default_rng(seed)
     U = rng.random((n_samples, d))
-    Y = net.forward_u(U)
-    R = np.zeros(n_samples, dtype=bool)
-    for G, g in parts:
-        R |= np.all(Y @ G.T <= g, axis=1) if G.shape[0] else True
+    R = net.maps_into(U, parts)
     # inner: exact volumes wherever qhull works, measured against the exact region
     # volume or else the sampled one (the coverage the caller reports)
     exact_vol = d <= MAX_EXACT_DIM and (region_volume is not None or not outer)
@@ -259,19 +256,12 @@ def _region_sample(
 ) -> np.ndarray:
     """The region points among ``n`` uniform points of the unit cube."""
     U = np.random.default_rng(seed).random((n, net.d))
-    Y = net.forward_u(U)
-    R = np.zeros(n, dtype=bool)
-    for G, g in parts:
-        R |= np.all(Y @ G.T <= g, axis=1) if G.shape[0] else True
-    return U[R]
+    return U[net.maps_into(U, parts)]
 
 
 def _in_union(X: np.ndarray, polys: list[tuple[np.ndarray, np.ndarray, int, np.ndarray, float]]):
     """Which rows of ``X`` lie in some polytope ``(A, b, part, V, volume)``."""
-    hit = np.zeros(len(X), dtype=bool)
-    for A, b, *_ in polys:
-        hit |= np.all(X @ A.T <= b + TOL, axis=1)
-    return hit
+    return _inside(X, [p[:3] for p in polys])
 
 
 class _Search:

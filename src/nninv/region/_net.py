@@ -76,6 +76,14 @@ class PLNet:
                 h = np.where(h >= 0, h, self.slopes[i] * h)
         return h
 
+    def maps_into(self, u: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Which unit-cube points ``u`` the net maps into the union of ``{G y <= g}``."""
+        Y = self.forward_u(u)
+        R = np.zeros(len(Y), dtype=bool)
+        for G, g in parts:
+            R |= np.all(Y @ G.T <= g, axis=1) if G.shape[0] else True
+        return R
+
     def to_u(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float64) - self.lo) / self.scale
 

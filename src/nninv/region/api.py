@@ -55,13 +55,6 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
     return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _in_parts(Y: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    R = np.zeros(len(Y), dtype=bool)
-    for G, g in parts:
-        R |= np.all(Y @ G.T <= g, axis=1) if G.shape[0] else True
-    return R
-
-
 def _to_polytope(
     net: PLNet, A: np.ndarray, b: np.ndarray, V: np.ndarray, vol: float, part: int
 ) -> Polytope:
@@ -209,7 +202,7 @@ def region(
     d = net.d
     rng = np.random.default_rng(seed)
     U = rng.random((n_samples, d))
-    k = int(_in_parts(net.forward_u(U), parts).sum())
+    k = int(net.maps_into(U, parts).sum())
     est = _wilson(k, n_samples)
     box_vol = net.box_volume
     counts: dict[str, int] = {}
@@ -465,7 +458,7 @@ def _peel_mode(
         return None
     rng = np.random.default_rng(seed)
     U = rng.random((n_samples, net.d))
-    X = U[_in_parts(net.forward_u(U), parts)]
+    X = U[net.maps_into(U, parts)]
     raw, stats = peel(
         c.pieces,
         region_volume,
